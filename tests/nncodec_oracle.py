@@ -146,7 +146,8 @@ def compress_default(tensors: dict[str, np.ndarray], **kwargs) -> bytes:
     """``nnc.compress`` itself (float32 and/or int32 arrays) with NNCodec's own defaults unless overridden."""
     params = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
     with _quiet():
-        return bytes(nnc.compress(params, bitstream_path=None, return_bitstream=True, verbose=False, **kwargs))
+        data = nnc.compress(params, bitstream_path=None, return_bitstream=True, verbose=False, **kwargs)
+    return bytes(data)
 
 
 def encode_levels(

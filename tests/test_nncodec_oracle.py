@@ -35,7 +35,8 @@ def test_nncodec_decodes_golden_vector(oracle, vec):
         np.testing.assert_array_equal(values, vec.levels)
     else:
         assert values.dtype == np.float32
-        expected = np.float32(STATED_STEPS.get(vec.qp, oracle.step_size(vec.qp))) * vec.levels.astype(np.float32)
+        step = np.float32(STATED_STEPS.get(vec.qp, oracle.step_size(vec.qp)))
+        expected = step * vec.levels.astype(np.float32)
         np.testing.assert_array_equal(values, expected)
     stated = STATED_VALUES.get(vec.name.split("-")[0])
     if stated is not None:
