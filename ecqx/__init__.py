@@ -1,0 +1,28 @@
+"""ecqx — entropy-constrained quantization (ECQ, ECQx, EC2T) with NNC bitstream export.
+
+This package is the pure tensor maths; the codec is :mod:`ecqx.coding`, the Lightning callbacks
+:mod:`ecqx.callbacks`. Building blocks, in the order a training step uses them:
+
+* :func:`select_targets` — which tensors are quantized (the only place that decides it);
+* :func:`uniform_grid` / :class:`Grid` — b-bit grids with NNC-snapped step sizes (:func:`nnc_step_size`);
+* :class:`TensorState` — per-tensor state (grid, λ, relevance, EC2T magnitudes, phase), checkpointable;
+* :func:`make_shadow`, :func:`ste_gradient` — shadow weights and straight-through gradients;
+* :func:`weight_relevances` — LRP weight relevances (zennit) or gradient×weight (captum) for ECQx;
+* :func:`assign` — the entropy-constrained (ECQ/ECQx) re-assignment; EC2T in :mod:`ecqx.ec2t`;
+* :class:`QuantizedTensor` — integer levels + qp for the codec; :func:`quantize` — one-shot quantization.
+"""
+
+from ecqx.assign import Assignment, assign, ec_assign, levels_of, values_of
+from ecqx.entropy import cluster_pmf, information_content, lambda_max, size_decay
+from ecqx.grid import Grid, snap_grid, uniform_grid
+from ecqx.oneshot import quantize
+from ecqx.quantized import QuantizedTensor, export_levels
+from ecqx.ste import make_shadow, ste_gradient
+from ecqx.stepsize import nnc_step_size, snap_step
+from ecqx.targets import select_targets
+
+__all__ = [
+    "Assignment", "Grid", "QuantizedTensor", "assign", "cluster_pmf", "ec_assign", "export_levels",
+    "information_content", "lambda_max", "levels_of", "make_shadow", "nnc_step_size", "quantize",
+    "select_targets", "size_decay", "snap_grid", "snap_step", "ste_gradient", "uniform_grid", "values_of",
+]

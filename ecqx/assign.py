@@ -1,0 +1,213 @@
+"""Entropy-constrained assignment of shadow weights to a grid: ECQ, and ECQx with weight relevances.
+
+Per tensor (spec ecqx-ec2t.md §1, §2.3, §3.5):
+
+1. nearest-level pre-assignment → cluster pmf with the 50 % zero floor → information content I_c;
+2. λ = Λ · δ_l · λ_max (Λ = ``lam``, δ_l = :func:`ecqx.entropy.size_decay`, λ_max by the mode's rule);
+3. cost C[i, c] = (w_i − value_c)² + λ · I_c, assignment = argmin_c (first index on ties);
+4. ECQx: the zero-cluster cost is multiplied by 2·(r + 1e-12)^β with r = |R| / (max|R| + 1e-12) and β found by
+   the reference's search, keeping the zero fraction inside [s_ECQ − p, s_ECQ].
+
+Implementation: the K×N cost matrix is never materialised for more than ``chunk_size`` weights at once. One
+pass stores, per weight, the zero-cluster cost and the best non-zero cluster below and above zero; the final
+argmin and every β trial of ECQx are then O(N) comparisons. Works on any device; no Python loop over weights
+or clusters.
+
+Entry points: :func:`assign` (a :class:`~ecqx.grid.Grid` and a mode) for the callbacks, :func:`ec_assign`
+(raw centroid values and explicit rules) for EC2T and experiments.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ecqx._checks import check_choice, check_float_tensor, check_mode, check_nonnegative
+from ecqx.entropy import cluster_counts, cluster_pmf, information_content, lambda_max
+from ecqx.grid import Grid
+
+DEFAULT_CHUNK = 1 << 20
+DEFAULT_P = 0.1
+BETA_EVALUATIONS = 51
+RELEVANCE_EPS = 1e-12
+EMPTY_CLUSTER_RULES = ("forbid", "count_one")
+
+
+@dataclass
+class Assignment:
+    """Result of one assignment: cluster indices (int64, weights' shape) and per-layer statistics."""
+
+    indices: torch.Tensor
+    lam: float
+    lam_max: float
+    zero_fraction: float
+    zero_fraction_ecq: float
+    beta: float | None = None
+    relevance_flips: int = 0
+
+
+@dataclass
+class _CostSummary:
+    zero_cost: torch.Tensor
+    below_cost: torch.Tensor
+    below_index: torch.Tensor
+    above_cost: torch.Tensor
+    above_index: torch.Tensor
+
+
+def _chunks(n: int, chunk_size: int):
+    for start in range(0, n, chunk_size):
+        yield slice(start, min(start + chunk_size, n))
+
+
+def nearest_indices(weights: torch.Tensor, centroids: torch.Tensor,
+                    chunk_size: int = DEFAULT_CHUNK) -> torch.Tensor:
+    """Index of the nearest centroid for every weight (flattened; first index on ties)."""
+    w = weights.detach().flatten().to(torch.float32)
+    c = centroids.to(device=w.device, dtype=torch.float32)
+    out = torch.empty(w.numel(), dtype=torch.int64, device=w.device)
+    for part in _chunks(w.numel(), chunk_size):
+        out[part] = (w[part].unsqueeze(0) - c.unsqueeze(1)).square().argmin(dim=0)
+    return out
+
+
+def _segment_min(cost: torch.Tensor, offset: int) -> tuple[torch.Tensor, torch.Tensor]:
+    if cost.shape[0] == 0:
+        return (torch.full((cost.shape[1],), math.inf, device=cost.device),
+                torch.zeros(cost.shape[1], dtype=torch.int64, device=cost.device))
+    values, index = cost.min(dim=0)
+    return values, index + offset
+
+
+def _summarise_costs(w: torch.Tensor, centroids: torch.Tensor, penalty: torch.Tensor, zero_index: int,
+                     chunk_size: int) -> _CostSummary:
+    n = w.numel()
+    zero_cost = torch.empty(n, device=w.device)
+    below_cost, above_cost = torch.empty_like(zero_cost), torch.empty_like(zero_cost)
+    below_index = torch.empty(n, dtype=torch.int64, device=w.device)
+    above_index = torch.empty_like(below_index)
+    for part in _chunks(n, chunk_size):
+        cost = (w[part].unsqueeze(0) - centroids.unsqueeze(1)).square() + penalty.unsqueeze(1)
+        zero_cost[part] = cost[zero_index]
+        below_cost[part], below_index[part] = _segment_min(cost[:zero_index], 0)
+        above_cost[part], above_index[part] = _segment_min(cost[zero_index + 1:], zero_index + 1)
+    return _CostSummary(zero_cost, below_cost, below_index, above_cost, above_index)
+
+
+def _argmin_with_zero_cost(s: _CostSummary, zero_cost: torch.Tensor, zero_index: int) -> torch.Tensor:
+    """Same result as argmin over all clusters (first index wins ties: below < zero < above)."""
+    take_below = s.below_cost <= torch.minimum(zero_cost, s.above_cost)
+    take_zero = ~take_below & (zero_cost <= s.above_cost)
+    out = torch.where(take_below, s.below_index, s.above_index)
+    return torch.where(take_zero, torch.full_like(out, zero_index), out)
+
+
+def _zero_fraction(indices: torch.Tensor, zero_index: int) -> float:
+    return (indices == zero_index).double().mean().item()
+
+
+def _normalised_relevance(relevance: torch.Tensor) -> torch.Tensor | None:
+    """r = |R| / (max|R| + 1e-12); None when R carries no ranking (all equal, e.g. uniform or all zero)."""
+    magnitude = relevance.detach().flatten().abs().to(torch.float32)
+    if bool((magnitude == magnitude[0]).all()):
+        return None
+    return magnitude / (magnitude.max() + RELEVANCE_EPS)
+
+
+def _beta_search(s: _CostSummary, r: torch.Tensor, zero_index: int, s_ecq: float, p: float):
+    """The reference's β search (spec §3.5): first β with sparsity in [s_ECQ − p, s_ECQ], ≤ 51 trials."""
+    beta = math.log(0.5) / math.log(r.double().mean().item())
+    log_r = torch.log(r + RELEVANCE_EPS)
+    indices = None
+    for iteration in range(BETA_EVALUATIONS):
+        factor = 2.0 * torch.exp(beta * log_r)
+        indices = _argmin_with_zero_cost(s, s.zero_cost * factor, zero_index)
+        s_x = _zero_fraction(indices, zero_index)
+        if s_ecq - p <= s_x <= s_ecq:
+            break
+        step = 0.1 if iteration < 20 else 0.5 if iteration < 40 else 0.75
+        direction = (s_ecq > s_x) - (s_ecq < s_x)
+        beta = min(1.0, beta * (1.0 + step * direction))
+    return indices, beta
+
+
+def _entropy_penalty(w: torch.Tensor, centroids: torch.Tensor, zero_index: int, lam: float, decay: float,
+                     pmf_mode: str, lambda_rule: str, empty_clusters: str, chunk_size: int):
+    nearest = nearest_indices(w, centroids, chunk_size)
+    counts = cluster_counts(nearest, centroids.numel())
+    used = counts > 0
+    if empty_clusters == "count_one":
+        counts = counts.clamp(min=1)
+    info = information_content(cluster_pmf(counts, zero_index, pmf_mode))
+    lam_max = lambda_max(w.min().item(), w.max().item(), centroids.double().cpu(), used.cpu(), info.cpu(),
+                         zero_index, lambda_rule)
+    lam_layer = lam * decay * lam_max
+    penalty = torch.zeros_like(info) if lam_layer == 0 else lam_layer * info
+    return penalty.to(device=w.device, dtype=torch.float32), lam_layer, lam_max
+
+
+def ec_assign(weights: torch.Tensor, centroids: torch.Tensor, zero_index: int, lam: float, decay: float = 1.0,
+              pmf_mode: str = "clean", lambda_rule: str = "thesis", empty_clusters: str = "forbid",
+              relevance: torch.Tensor | None = None, p: float = DEFAULT_P,
+              chunk_size: int = DEFAULT_CHUNK) -> Assignment:
+    """Entropy-constrained assignment to arbitrary sorted centroid values (see module docstring).
+
+    ``lam`` is the global Λ (γ), ``decay`` the layer's δ_l; ``empty_clusters`` is ``"forbid"`` (P = 0, never
+    chosen; ECQ/ECQx) or ``"count_one"`` (EC2T); ``relevance`` (shape of ``weights``) switches on ECQx.
+    """
+    check_float_tensor("weights", weights)
+    check_nonnegative("lam", lam)
+    check_nonnegative("decay", decay)
+    check_nonnegative("p", p)
+    check_choice("empty_clusters", empty_clusters, EMPTY_CLUSTER_RULES)
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size!r}")
+    if relevance is not None and tuple(relevance.shape) != tuple(weights.shape):
+        raise ValueError(f"relevance shape {tuple(relevance.shape)} != weights shape {tuple(weights.shape)}")
+    w = weights.detach().flatten().to(torch.float32)
+    c = centroids.to(device=w.device, dtype=torch.float32)
+    if not 0 <= zero_index < c.numel() or c[zero_index].item() != 0.0:
+        raise ValueError(f"centroids[{zero_index}] must be the zero centroid, centroids are {c.tolist()}")
+    penalty, lam_layer, lam_max_value = _entropy_penalty(w, c, zero_index, lam, decay, pmf_mode, lambda_rule,
+                                                         empty_clusters, chunk_size)
+    summary = _summarise_costs(w, c, penalty, zero_index, chunk_size)
+    indices = _argmin_with_zero_cost(summary, summary.zero_cost, zero_index)
+    s_ecq = _zero_fraction(indices, zero_index)
+    result = Assignment(indices.view(weights.shape), lam_layer, lam_max_value, s_ecq, s_ecq)
+    r = None if relevance is None else _normalised_relevance(relevance.to(w.device))
+    if r is None or s_ecq <= p:
+        return result
+    relevance_indices, beta = _beta_search(summary, r, zero_index, s_ecq, p)
+    result.relevance_flips = int((relevance_indices != indices).sum().item())
+    result.indices = relevance_indices.view(weights.shape)
+    result.zero_fraction = _zero_fraction(relevance_indices, zero_index)
+    result.beta = beta
+    return result
+
+
+def assign(weights: torch.Tensor, grid: Grid, lam: float, decay: float = 1.0, mode: str = "clean",
+           relevance: torch.Tensor | None = None, p: float = DEFAULT_P,
+           chunk_size: int = DEFAULT_CHUNK) -> Assignment:
+    """ECQ (``relevance=None``) or ECQx assignment of ``weights`` onto ``grid``.
+
+    ``mode="clean"``: renormalised pmf and the thesis λ_max (min rule); ``"faithful"``: the reference's pmf
+    update and λ_max expression (max rule). Use :func:`levels_of` / :func:`values_of` on the result.
+    """
+    check_mode(mode)
+    if not isinstance(grid, Grid):
+        raise TypeError(f"grid must be an ecqx.grid.Grid, got {type(grid).__name__}")
+    return ec_assign(weights, grid.values(weights.device), grid.zero_index, lam, decay, pmf_mode=mode,
+                     lambda_rule="thesis" if mode == "clean" else "coded", relevance=relevance, p=p,
+                     chunk_size=chunk_size)
+
+
+def levels_of(assignment: Assignment, grid: Grid) -> torch.Tensor:
+    """Integer levels (int32, multiples of ``grid.step``) of an assignment."""
+    return grid.level_tensor(assignment.indices.device)[assignment.indices]
+
+
+def values_of(assignment: Assignment, grid: Grid) -> torch.Tensor:
+    """Quantized float32 weights of an assignment: exactly ``float32(level) * step`` on a snapped grid."""
+    return grid.values(assignment.indices.device)[assignment.indices]
