@@ -241,3 +241,38 @@ def step_size(qp: int, qp_density: int = 2) -> np.float32:
 def reconstruct(levels: np.ndarray, qp: int, qp_density: int = 2) -> np.ndarray:
     """Spec §12.3: float32(Δ) × float32(r), one float32 rounding."""
     return (step_size(qp, qp_density) * np.asarray(levels).astype(np.float32)).astype(np.float32)
+
+
+def encode_payload(
+    levels: np.ndarray,
+    *,
+    qp_delta: int | None = None,
+    qp_density: int = 2,
+    dq: int = 0,
+    scan_order: int = 0,
+    profile: int = 1,
+    row_skipping: bool = False,
+    param_opt: bool = True,
+    N1: int = 10,
+) -> bytes:
+    """One NDU's CABAC codeword (no HLS) from NNCodec's pybind coder, exactly as its coder calls it.
+
+    ``qp_delta`` (qp − mps_quantization_parameter) is written first for PT_FLOAT payloads; ``None`` gives a
+    PT_INT payload. ``levels`` keeps its shape: rows = shape[0].
+    """
+    from nncodec.extensions.deepCABAC import Encoder
+    from nncodec.nnc_core.hdsp.hdsp_tool import HDSP_OPTS_OFF
+
+    arr = np.ascontiguousarray(levels, dtype=np.int32)
+    enc = Encoder()
+    if qp_delta is not None:
+        enc.iae_v(6 + qp_density, int(qp_delta))
+    enc.initCtxModels(N1 + 1, bool(param_opt))
+    effective_scan = scan_order if arr.ndim > 1 else 0
+    zero_rows = np.zeros(arr.shape[0], dtype=np.int32)
+    if profile == 1 and arr.ndim >= 2:
+        zero_rows[:] = [0 if np.any(row) else 1 for row in arr]
+    row_skip = int(row_skipping) if profile == 1 else 0
+    enc.encodeLayer(arr, int(dq), effective_scan, int(profile), 0, row_skip, zero_rows, *HDSP_OPTS_OFF(),
+                    0, 0)
+    return bytes(enc.finish().tobytes())
