@@ -1,0 +1,228 @@
+"""``ECQ`` and ``ECQx``: entropy-constrained quantization-aware training on a fixed uniform b-bit grid per tensor.
+
+The maths is :mod:`ecqx` (grids :func:`ecqx.grid.uniform_grid`, assignment :func:`ecqx.assign.assign`, the
+straight-through rule :func:`ecqx.ste.ste_gradient`, relevances :func:`ecqx.relevance.weight_relevances`); the
+shadow-weight mechanics are in :mod:`ecqx.callbacks._base`.
+
+ECQx relevances (spec ecqx-ec2t.md §3.1): after the shadow step and before the re-assignment, every
+``relevance_every_n_steps`` optimizer steps, LRP weight relevances are computed on the live model in eval mode
+holding the current quantized weights, either on the current training batch (``relevance_source="batch"``, as the
+reference does) or on the first ``relevance_batches`` batches of the validation loader (``"val"``, a fixed
+reference set). Under DDP they are averaged over ranks. The running relevance is
+R ← (1 − α)·R_new + α·R_prev (α = ``alpha``, the weight of the *previous* value, spec §3.1) and is reset at the
+start of every epoch as in the reference.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.utilities import move_data_to_device
+
+from ecqx.assign import DEFAULT_P, assign, levels_of, values_of
+from ecqx.callbacks._base import QuantizationCallback, TensorStats, check_choice, check_int, check_number
+from ecqx.callbacks._evaluate import find_loader
+from ecqx.entropy import size_decay
+from ecqx.grid import Grid, snap_grid, uniform_grid
+from ecqx.quantized import QuantizedTensor
+from ecqx.ste import STE_SCALES, default_ste_scale, ste_gradient
+
+RELEVANCE_SOURCES = ("batch", "val")
+RELEVANCE_BACKENDS = ("zennit", "captum")
+
+
+def level_entropy_bits(levels: torch.Tensor) -> float:
+    """Empirical entropy (bits per value) of an integer tensor's value histogram."""
+    _, counts = torch.unique(levels, return_counts=True)
+    pmf = counts.double() / levels.numel()
+    return float(-(pmf * torch.log2(pmf)).sum())
+
+
+def tensor_stats(levels: torch.Tensor, lam: float, relevance_flips: int = 0) -> TensorStats:
+    return TensorStats(numel=levels.numel(), zeros=int((levels == 0).sum()),
+                       entropy_bits=level_entropy_bits(levels), lam=lam, relevance_flips=relevance_flips)
+
+
+class ECQ(QuantizationCallback):
+    """Entropy-constrained quantization (ECQ) during training.
+
+    Args:
+        bits: bit width b of the per-tensor grid (2^b levels including 0), 2..8.
+        lam: global entropy gain Λ (reference default 0.05).
+        start_epoch: first quantized epoch (full-precision warm-up before it).
+        mode: ``"clean"`` or ``"faithful"`` (see :class:`~ecqx.callbacks._base.QuantizationCallback`).
+        gradient_scale: straight-through rule, ``"abs"``, ``"signed"`` or ``"identity"``
+            (default: ``"abs"`` in clean mode, ``"signed"`` in faithful mode).
+        **kwargs: ``include``, ``exclude``, ``exclude_first``, ``exclude_last``, ``log_per_layer``.
+
+    Example::
+
+        trainer = pl.Trainer(max_epochs=5, callbacks=[ECQ(bits=4, lam=0.05, start_epoch=1)])
+    """
+
+    method = "ecq"
+
+    def __init__(self, bits: int = 4, lam: float = 0.05, start_epoch: int = 0, mode: str = "clean",
+                 gradient_scale: str | None = None, **kwargs: Any) -> None:
+        super().__init__(lam=lam, start_epoch=start_epoch, mode=mode, **kwargs)
+        if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 8:
+            raise ValueError(f"`bits` must be an integer in 2..8, got {bits!r}")
+        if gradient_scale is not None:
+            check_choice("gradient_scale", gradient_scale, STE_SCALES)
+        self.bits = bits
+        self.gradient_scale = gradient_scale or default_ste_scale(mode)
+
+    def _build_tensor_state(self, name: str, weights: torch.Tensor, max_numel: int) -> dict[str, Any]:
+        # Always snapped (also in faithful mode): the trained values must be exactly what NNC decodes.
+        grid = snap_grid(uniform_grid(weights, self.bits, self.mode))
+        return {"grid": grid, "decay": size_decay(weights.numel(), max_numel)}
+
+    def _shadow_gradient(self, name: str, grad: torch.Tensor, quantized: torch.Tensor) -> torch.Tensor:
+        return ste_gradient(grad, quantized, self.gradient_scale)
+
+    def _relevance(self, name: str) -> torch.Tensor | None:
+        return None
+
+    def _reassign(self, name: str, shadow: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, TensorStats]:
+        state = self.tensor_states[name]
+        result = assign(shadow, state["grid"], self.lam, state["decay"], self.mode,
+                        relevance=self._relevance(name), p=getattr(self, "p", DEFAULT_P))
+        levels = levels_of(result, state["grid"])
+        return levels, values_of(result, state["grid"]), tensor_stats(levels, result.lam, result.relevance_flips)
+
+    def _describe(self, name: str) -> QuantizedTensor:
+        grid: Grid = self.tensor_states[name]["grid"]
+        return QuantizedTensor(self.levels[name].to(torch.int32), grid.qp, grid.qp_density)
+
+    def _tensor_state_dict(self, name: str) -> dict[str, Any]:
+        state = self.tensor_states[name]
+        return {"grid": state["grid"].to_dict(), "decay": state["decay"]}
+
+    def _load_tensor_state(self, name: str, entry: dict[str, Any], device: torch.device) -> None:
+        self.tensor_states[name] = {"grid": Grid.from_dict(entry["grid"]), "decay": entry["decay"]}
+
+
+class ECQx(ECQ):
+    """Explainability-driven ECQ: the zero-cluster cost is weighted by LRP weight relevances (spec §3).
+
+    Args:
+        bits, lam, start_epoch, mode, gradient_scale: as :class:`ECQ`.
+        p: admissible sparsity band below the ECQ sparsity (reference ``--p``, 0.1).
+        alpha: weight of the previous running relevance (reference ``--alpha``, 0.1).
+        relevance_every_n_steps: refresh the relevances every n optimizer steps (1 = every step, as the
+            reference); between refreshes the running relevance is reused.
+        relevance_source: ``"batch"`` (the current training batch) or ``"val"`` (a fixed reference: the first
+            ``relevance_batches`` batches of the validation loader).
+        relevance_batches: number of reference batches for ``relevance_source="val"``.
+        backend: ``"zennit"`` or ``"captum"``.
+        composite: zennit composite name (``None``: the backend's default).
+        **kwargs: ``include``, ``exclude``, ``exclude_first``, ``exclude_last``, ``log_per_layer``.
+
+    Example::
+
+        trainer = pl.Trainer(max_epochs=5, callbacks=[ECQx(bits=4, lam=0.05, start_epoch=1)])
+    """
+
+    method = "ecqx"
+
+    def __init__(self, bits: int = 4, lam: float = 0.05, start_epoch: int = 0, mode: str = "clean",
+                 gradient_scale: str | None = None, p: float = DEFAULT_P, alpha: float = 0.1,
+                 relevance_every_n_steps: int = 1, relevance_source: str = "batch", relevance_batches: int = 1,
+                 backend: str = "zennit", composite: str | None = None, **kwargs: Any) -> None:
+        super().__init__(bits=bits, lam=lam, start_epoch=start_epoch, mode=mode, gradient_scale=gradient_scale,
+                         **kwargs)
+        check_number("p", p, 0.0, 1.0)
+        check_number("alpha", alpha, 0.0, 1.0)
+        check_int("relevance_every_n_steps", relevance_every_n_steps, 1)
+        check_choice("relevance_source", relevance_source, RELEVANCE_SOURCES)
+        check_int("relevance_batches", relevance_batches, 1)
+        check_choice("backend", backend, RELEVANCE_BACKENDS)
+        if composite is not None and not isinstance(composite, str):
+            raise ValueError(f"`composite` must be None or a composite name, got {composite!r}")
+        self.p = float(p)
+        self.alpha = float(alpha)
+        self.relevance_every_n_steps = relevance_every_n_steps
+        self.relevance_source = relevance_source
+        self.relevance_batches = relevance_batches
+        self.backend = backend
+        self.composite = composite
+        self.relevances: dict[str, torch.Tensor] = {}
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.relevances = {}  # the reference keeps the running relevance per epoch
+        super().on_train_epoch_start(trainer, pl_module)
+
+    def _relevance(self, name: str) -> torch.Tensor | None:
+        return self.relevances.get(name)
+
+    def _after_shadow_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any) -> None:
+        if self.relevances and self.optimizer_steps % self.relevance_every_n_steps:
+            return
+        fresh = self._compute_relevances(trainer, pl_module, batch)
+        for name in self.targets:
+            new = trainer.strategy.reduce(fresh[name].detach().float(), reduce_op="mean")
+            previous = self.relevances.get(name)
+            self.relevances[name] = new if previous is None else (1 - self.alpha) * new + self.alpha * previous
+
+    def _compute_relevances(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                            batch: Any) -> dict[str, torch.Tensor]:
+        from ecqx.relevance import weight_relevances
+
+        batches = [batch] if self.relevance_source == "batch" else self._reference_batches(trainer, pl_module)
+        total: dict[str, torch.Tensor] = {}
+        was_training = pl_module.training
+        pl_module.eval()
+        try:
+            with torch.enable_grad():
+                for item in batches:
+                    inputs, targets = _inputs_and_targets(item)
+                    found = weight_relevances(pl_module, inputs, targets, backend=self.backend,
+                                              composite=self.composite)
+                    for name in self.targets:
+                        total[name] = found[name] if name not in total else total[name] + found[name]
+        finally:
+            pl_module.train(was_training)
+        return total
+
+    def _reference_batches(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[Any]:
+        loader = find_loader(trainer, "val")
+        if loader is None:
+            raise RuntimeError("ECQx(relevance_source='val') found no validation dataloader. HINT: give the "
+                               "trainer a validation loader or use relevance_source='batch'.")
+        batches = []
+        for index, item in enumerate(loader):
+            if index == self.relevance_batches:
+                break
+            batches.append(move_data_to_device(item, pl_module.device))
+        return batches
+
+    def _epoch_metrics(self) -> dict[str, float]:
+        metrics = super()._epoch_metrics()
+        if self.log_per_layer:
+            for name, s in self.stats.items():
+                metrics[f"quant/{name}/relevance_flips"] = float(s.relevance_flips)
+        return metrics
+
+    def _tensor_state_dict(self, name: str) -> dict[str, Any]:
+        entry = super()._tensor_state_dict(name)
+        relevance = self.relevances.get(name)
+        entry["relevance"] = None if relevance is None else relevance.detach().clone()
+        return entry
+
+    def _load_tensor_state(self, name: str, entry: dict[str, Any], device: torch.device) -> None:
+        super()._load_tensor_state(name, entry, device)
+        if entry.get("relevance") is not None:
+            self.relevances[name] = entry["relevance"].to(device).clone()
+
+
+def _inputs_and_targets(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    if isinstance(batch, (list, tuple)) and len(batch) >= 2:
+        return batch[0], batch[1]
+    if isinstance(batch, dict) and {"x", "y"} <= set(batch):
+        return batch["x"], batch["y"]
+    raise TypeError(
+        "ECQx needs (inputs, targets) batches to compute relevances: a tuple/list (x, y, ...) or a dict with "
+        f"'x' and 'y', got {type(batch).__name__}"
+    )
