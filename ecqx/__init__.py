@@ -17,6 +17,8 @@ from ecqx.entropy import cluster_pmf, information_content, lambda_max, size_deca
 from ecqx.grid import Grid, snap_grid, uniform_grid
 from ecqx.oneshot import quantize
 from ecqx.quantized import QuantizedTensor, export_levels
+from ecqx.relevance import weight_relevances
+from ecqx.state import TensorState
 from ecqx.ste import make_shadow, ste_gradient
 from ecqx.stepsize import nnc_step_size, snap_step
 from ecqx.targets import select_targets
@@ -25,4 +27,5 @@ __all__ = [
     "Assignment", "Grid", "QuantizedTensor", "assign", "cluster_pmf", "ec_assign", "export_levels",
     "information_content", "lambda_max", "levels_of", "make_shadow", "nnc_step_size", "quantize",
     "select_targets", "size_decay", "snap_grid", "snap_step", "ste_gradient", "uniform_grid", "values_of",
+    "TensorState", "weight_relevances",
 ]

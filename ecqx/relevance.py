@@ -1,0 +1,173 @@
+"""Weight relevances for ECQx (spec ecqx-ec2t.md §3.1–§3.4), computed on the live model.
+
+:func:`weight_relevances` returns, for every quantized weight (names from :func:`~ecqx.targets.select_targets`
+unless given), a tensor shaped like the parameter. Output relevance: the true-class logit of every sample
+(one-hot), divided by the batch size. The model is put in eval mode for the pass and restored afterwards; its
+parameters, buffers, ``.grad`` fields and outputs are unchanged, and every hook is removed even on error.
+
+Backends:
+
+* ``"zennit"`` (default): LRP with a zennit composite (default :func:`epsilon_plus_flat_bn_pass`, built from
+  zennit's public rules: activations Pass, Sum/average pooling Norm, first conv/linear Flat, other conv z⁺,
+  BatchNorm Pass, linear ε = 1e-6) and optional zennit canonizers. The weight relevance uses the ε weight rule
+  of the reference: with x the layer input, z the layer output and R the relevance arriving at the output,
+  R_w = w ⊙ ∂/∂w ⟨z(w), R / stab(z)⟩, stab(z) = z + ε·sign(z) (sign(0) = 1), summed over the batch (and
+  spatial positions). R is captured with our own forward/tensor hooks on top of the composite's hooks.
+* ``"captum"``: gradient × weight with captum's ``InputXGradient`` applied to the weights (through
+  ``torch.func.functional_call``): R_w = w ⊙ Σ_b ∂ logit_{b, y_b} / ∂w / B.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ecqx._checks import check_choice
+from ecqx.targets import select_targets
+
+BACKENDS = ("zennit", "captum")
+LRP_EPSILON = 1e-6
+
+
+def epsilon_plus_flat_bn_pass():
+    """zennit composite of the reference's default rule map (see module docstring)."""
+    from zennit.composites import SpecialFirstLayerMapComposite
+    from zennit.layer import Sum
+    from zennit.rules import Epsilon, Flat, Norm, Pass, ZPlus
+    from zennit.types import Activation, AvgPool, BatchNorm, Convolution
+    from zennit.types import Linear as AnyLinear
+
+    layer_map = [(Activation, Pass()), (Sum, Norm()), (AvgPool, Norm()), (Convolution, ZPlus()),
+                 (BatchNorm, Pass()), (nn.Linear, Epsilon(epsilon=LRP_EPSILON))]
+    return SpecialFirstLayerMapComposite(layer_map=layer_map, first_map=[(AnyLinear, Flat())])
+
+
+def _check_inputs(model, inputs, targets) -> None:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    if not isinstance(inputs, torch.Tensor) or not isinstance(targets, torch.Tensor):
+        raise TypeError("inputs and targets must be tensors")
+    if targets.ndim != 1 or targets.shape[0] != inputs.shape[0] or targets.is_floating_point():
+        raise ValueError(f"targets must be integer class labels of shape ({inputs.shape[0]},), "
+                         f"got dtype {targets.dtype} shape {tuple(targets.shape)}")
+
+
+def _module_of(model: nn.Module, name: str) -> nn.Module:
+    module_name, _, attr = name.rpartition(".")
+    if attr != "weight":
+        raise ValueError(f"relevances are computed for module weights (names ending in '.weight'), "
+                         f"got {name!r}")
+    module = model.get_submodule(module_name) if module_name else model
+    if not isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d | nn.Linear):
+        raise ValueError(f"{name!r} belongs to a {type(module).__name__}; "
+                         "the weight rule supports Conv1d/2d/3d and Linear")
+    return module
+
+
+def _linear_output(module: nn.Module, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    bias = None if module.bias is None else module.bias.detach()
+    if isinstance(module, nn.Linear):
+        return F.linear(x, weight, bias)
+    return module._conv_forward(x, weight, bias)
+
+
+def _epsilon_weight_relevance(module: nn.Module, x: torch.Tensor,
+                              relevance_out: torch.Tensor) -> torch.Tensor:
+    weight = module.weight.detach().clone().requires_grad_(True)
+    with torch.enable_grad():
+        z = _linear_output(module, x, weight)
+        stabiliser = torch.where(z >= 0, torch.ones_like(z), -torch.ones_like(z)) * LRP_EPSILON
+        (grad,) = torch.autograd.grad(z, weight, grad_outputs=relevance_out / (z.detach() + stabiliser))
+    return weight.detach() * grad
+
+
+class _OutputRelevanceRecorder:
+    """Forward hooks storing each target layer's input and, via a tensor hook, the relevance at its output."""
+
+    def __init__(self, modules: dict[str, nn.Module]):
+        self.records: dict[str, list] = {name: [] for name in modules}
+        self.handles = [module.register_forward_hook(self._hook(name)) for name, module in modules.items()]
+
+    def _hook(self, name):
+        def hook(module, args, output):
+            record = {"x": args[0].detach()}
+            self.records[name].append(record)
+            if output.requires_grad:
+                output.register_hook(lambda grad: record.__setitem__("r", grad.detach()))
+        return hook
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+def _true_class_seed(output: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    seed = torch.zeros_like(output)
+    rows = torch.arange(output.shape[0], device=output.device)
+    seed[rows, targets] = output.detach()[rows, targets]
+    return seed / output.shape[0]
+
+
+def _zennit_relevances(model, inputs, targets, names, composite, canonizers) -> dict[str, torch.Tensor]:
+    modules = {name: _module_of(model, name) for name in names}
+    composite = composite if composite is not None else epsilon_plus_flat_bn_pass()
+    if canonizers:
+        composite.canonizers = list(composite.canonizers or []) + list(canonizers)
+    x = inputs.detach().clone().requires_grad_(True)
+    with composite.context(model) as hooked:
+        recorder = _OutputRelevanceRecorder(modules)
+        try:
+            output = hooked(x)
+            torch.autograd.grad(output, x, grad_outputs=_true_class_seed(output, targets))
+        finally:
+            recorder.remove()
+    out = {}
+    for name, module in modules.items():
+        parts = [_epsilon_weight_relevance(module, rec["x"], rec["r"]) for rec in recorder.records[name]
+                 if "r" in rec]
+        out[name] = torch.stack(parts).sum(0) if parts else torch.zeros_like(module.weight.detach())
+    return out
+
+
+def _captum_relevances(model, inputs, targets, names) -> dict[str, torch.Tensor]:
+    from captum.attr import InputXGradient
+
+    params = dict(model.named_parameters())
+    missing = [n for n in names if n not in params]
+    if missing:
+        raise ValueError(f"captum backend: {missing} are not parameters of the model")
+    fixed = {**{n: p.detach() for n, p in params.items()}, **dict(model.named_buffers())}
+
+    def forward(*weights):
+        return torch.func.functional_call(model, {**fixed, **dict(zip(names, weights, strict=True))},
+                                          (inputs.detach(),))
+
+    chosen = tuple(params[n].detach().clone().requires_grad_(True) for n in names)
+    attributions = InputXGradient(forward).attribute(chosen, target=targets)
+    return {n: a.detach() / inputs.shape[0] for n, a in zip(names, attributions, strict=True)}
+
+
+def weight_relevances(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, backend: str = "zennit",
+                      composite=None, canonizers: Iterable | None = None,
+                      names: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
+    """Relevance of every target weight for one batch (module docstring): name → parameter-shaped tensor.
+
+    ``composite`` / ``canonizers`` are zennit objects (zennit backend only); ``names`` defaults to
+    ``select_targets(model)``.
+    """
+    check_choice("backend", backend, BACKENDS)
+    _check_inputs(model, inputs, targets)
+    if backend == "captum" and (composite is not None or canonizers):
+        raise ValueError("composite and canonizers apply to the zennit backend only")
+    names = list(select_targets(model) if names is None else names)
+    was_training = model.training
+    model.eval()
+    try:
+        if backend == "zennit":
+            return _zennit_relevances(model, inputs, targets, names, composite, canonizers)
+        return _captum_relevances(model, inputs, targets, names)
+    finally:
+        model.train(was_training)
