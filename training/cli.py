@@ -46,7 +46,7 @@ def default_config_path() -> str:
 
 
 class EcqxCLI(LightningCLI):
-    """LightningCLI with the ``fit``/``validate``/``test`` subcommands and a final metric summary after fit."""
+    """LightningCLI with the ``fit``, ``validate`` and ``test`` subcommands; prints the metrics after fit."""
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
@@ -113,10 +113,10 @@ def build_tool_parser() -> argparse.ArgumentParser:
         "Tensors the quantizer selects are coded losslessly from their integer levels, the other float "
         "tensors with the fine --nonweight-qp step, integer buffers losslessly.",
     )
-    compress.add_argument("model", help="state_dict file written with torch.save (a checkpoint dict works too)")
+    compress.add_argument("model", help="state_dict file (torch.save; a checkpoint dict works too)")
     compress.add_argument("-o", "--output", help="output .nnc file (default: MODEL with suffix .nnc)")
     compress.add_argument("--method", choices=("ecq", "ec2t"), default="ecq", help="quantizer (default: ecq)")
-    compress.add_argument("--bits", type=int, default=4, help="bit width of the quantization grid (default: 4)")
+    compress.add_argument("--bits", type=int, default=4, help="grid bit width (default: 4)")
     compress.add_argument("--lam", type=float, default=0.05, help="entropy constraint λ (default: 0.05)")
     compress.add_argument(
         "--mode", choices=("clean", "faithful"), default="clean", help="quantizer variant (default: clean)"
