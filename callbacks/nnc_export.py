@@ -111,7 +111,6 @@ class NNCExport(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        coding.load_native()
         step_name = STEP_NAMES[self.stage]
         if self.evaluate and not is_overridden(step_name, pl_module):
             raise ValueError(
@@ -119,6 +118,7 @@ class NNCExport(Callback):
                 f"`{type(pl_module).__name__}.{step_name}`, which is not implemented. "
                 "HINT: implement it, choose the other `stage`, or pass `evaluate=False`."
             )
+        coding.load_native()  # a missing compiler fails here, before training, not after it
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.every_n_epochs is None or (trainer.current_epoch + 1) % self.every_n_epochs:

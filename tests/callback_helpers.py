@@ -1,0 +1,36 @@
+"""Tiny deterministic models, data and trainers shared by the callback tests (CPU, a few batches)."""
+
+from __future__ import annotations
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from ecqx.training.models import mlp
+from ecqx.training.module import ClassificationModule
+
+IN_FEATURES, NUM_CLASSES = 16, 4
+
+
+def synthetic_loader(n: int = 128, batch_size: int = 32, seed: int = 0) -> DataLoader:
+    """A linearly separable 4-class problem; fixed order (no shuffling), so runs are reproducible."""
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, IN_FEATURES, generator=generator)
+    w = torch.randn(IN_FEATURES, NUM_CLASSES, generator=torch.Generator().manual_seed(1234))
+    return DataLoader(TensorDataset(x, (x @ w).argmax(1)), batch_size=batch_size)
+
+
+def tiny_module(seed: int = 0, hidden=(32, 32), **kwargs) -> ClassificationModule:
+    torch.manual_seed(seed)
+    return ClassificationModule(mlp(IN_FEATURES, list(hidden), NUM_CLASSES), num_classes=NUM_CLASSES, **kwargs)
+
+
+def tiny_trainer(callbacks, max_epochs: int = 3, **kwargs) -> pl.Trainer:
+    options = dict(max_epochs=max_epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                   enable_model_summary=False, accelerator="cpu", devices=1, deterministic=True)
+    options.update(kwargs)
+    return pl.Trainer(callbacks=callbacks, **options)
+
+
+def params(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: p.detach().clone() for name, p in module.named_parameters()}
