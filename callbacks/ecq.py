@@ -117,7 +117,7 @@ class ECQx(ECQ):
             ``relevance_batches`` batches of the validation loader).
         relevance_batches: number of reference batches for ``relevance_source="val"``.
         backend: ``"zennit"`` or ``"captum"``.
-        composite: zennit composite name (``None``: the backend's default).
+        composite: a zennit ``Composite`` (``None``: :func:`ecqx.relevance.epsilon_plus_flat_bn_pass`).
         **kwargs: ``include``, ``exclude``, ``exclude_first``, ``exclude_last``, ``log_per_layer``.
 
     Example::
@@ -130,7 +130,7 @@ class ECQx(ECQ):
     def __init__(self, bits: int = 4, lam: float = 0.05, start_epoch: int = 0, mode: str = "clean",
                  gradient_scale: str | None = None, p: float = DEFAULT_P, alpha: float = 0.1,
                  relevance_every_n_steps: int = 1, relevance_source: str = "batch", relevance_batches: int = 1,
-                 backend: str = "zennit", composite: str | None = None, **kwargs: Any) -> None:
+                 backend: str = "zennit", composite: Any = None, **kwargs: Any) -> None:
         super().__init__(bits=bits, lam=lam, start_epoch=start_epoch, mode=mode, gradient_scale=gradient_scale,
                          **kwargs)
         check_number("p", p, 0.0, 1.0)
@@ -139,8 +139,8 @@ class ECQx(ECQ):
         check_choice("relevance_source", relevance_source, RELEVANCE_SOURCES)
         check_int("relevance_batches", relevance_batches, 1)
         check_choice("backend", backend, RELEVANCE_BACKENDS)
-        if composite is not None and not isinstance(composite, str):
-            raise ValueError(f"`composite` must be None or a composite name, got {composite!r}")
+        if composite is not None and backend != "zennit":
+            raise ValueError(f"`composite` applies to backend='zennit' only, got backend={backend!r}")
         self.p = float(p)
         self.alpha = float(alpha)
         self.relevance_every_n_steps = relevance_every_n_steps
@@ -179,7 +179,7 @@ class ECQx(ECQ):
                 for item in batches:
                     inputs, targets = _inputs_and_targets(item)
                     found = weight_relevances(pl_module, inputs, targets, backend=self.backend,
-                                              composite=self.composite)
+                                              composite=self.composite, names=self.targets)
                     for name in self.targets:
                         total[name] = found[name] if name not in total else total[name] + found[name]
         finally:
