@@ -41,7 +41,15 @@ def nnc_step_size(qp: int, qp_density: int = 2) -> float:
     k = 1 << qp_density
     mul = k + (qp & (k - 1))
     shift = qp >> qp_density
-    return float(np.float32(math.ldexp(float(mul), shift - qp_density)))
+    exponent = shift - qp_density
+    if abs(exponent) > 200:  # far outside float32; ldexp/float32 would overflow or flush to zero anyway
+        value = 0.0
+    else:
+        with np.errstate(over="ignore"):
+            value = float(np.float32(math.ldexp(mul, exponent)))
+    if value == 0.0 or not math.isfinite(value):
+        raise ValueError(f"qp {qp} with qp_density {qp_density} gives no finite non-zero float32 step size")
+    return value
 
 
 def snap_to_density(step: float, qp_density: int) -> tuple[int, float]:
