@@ -1,0 +1,105 @@
+"""ECQ assignment behaviour: λ = 0 is nearest level, large Λ prunes, monotone, exact values, chunking."""
+
+import numpy as np
+import pytest
+import torch
+
+from ecqx.assign import assign, ec_assign, levels_of, nearest_indices, values_of
+from ecqx.grid import Grid, uniform_grid
+from ecqx.quantized import export_levels
+
+
+@pytest.fixture(scope="module")
+def weights():
+    return torch.randn(96, 64, generator=torch.Generator().manual_seed(11)) * 0.1
+
+
+@pytest.mark.parametrize("mode", ["clean", "faithful"])
+def test_lambda_zero_is_nearest_level(weights, mode):
+    grid = uniform_grid(weights, 4, mode)
+    result = assign(weights, grid, lam=0.0, mode=mode)
+    # independent nearest-level rounding with numpy in float64, clipped to the grid
+    w = weights.numpy().astype(np.float64)
+    expected = np.clip(np.rint(w / grid.step), grid.levels[0], grid.levels[-1]).astype(np.int32)
+    assert np.array_equal(levels_of(result, grid).numpy(), expected)
+
+
+def test_large_lambda_gives_almost_all_zeros(weights):
+    grid = uniform_grid(weights, 4)
+    assert assign(weights, grid, lam=1e4).zero_fraction > 0.99
+
+
+@pytest.mark.parametrize("mode", ["clean", "faithful"])
+def test_zero_fraction_monotone_in_lambda(weights, mode):
+    grid = uniform_grid(weights, 4, mode)
+    lams = (0, 0.01, 0.05, 0.1, 0.3, 1, 3)
+    fractions = [assign(weights, grid, lam, mode=mode).zero_fraction for lam in lams]
+    assert fractions == sorted(fractions)
+    assert fractions[-1] > fractions[0]
+
+
+def test_assignment_idempotent_at_lambda_zero_and_deterministic(weights):
+    grid = uniform_grid(weights, 3)
+    first = assign(weights, grid, 0.0)
+    again = assign(values_of(first, grid), grid, 0.0)
+    assert torch.equal(first.indices, again.indices)
+    a, b = assign(weights, grid, 0.1), assign(weights.clone(), grid, 0.1)
+    assert torch.equal(a.indices, b.indices) and a.lam == b.lam
+
+
+def test_entropy_cost_by_hand():
+    """Every weight takes argmin (w − c)² + λ·I_c with λ and I recomputed by hand from the pmf."""
+    grid = Grid(levels=(-2, -1, 0, 1), step=1.0)
+    w = torch.tensor([-1.4, -0.6, -0.4, 0.1, 0.2, 0.45, 0.55, 0.7, 0.9, 1.3])
+    # nearest: [-1, -1, 0, 0, 0, 0, 1, 1, 1, 1] -> counts (0, 2, 4, 4)/10; P_z = 0.4 -> clean floor:
+    # P = (0, 1/6, 0.5, 1/3); I = (inf, log2 6, 1, log2 3)
+    # thesis λ_max: n side c=-1: (1.96 - 0.16)/(log2 6 - 1); p side c=1: (1.69 - 0.09)/(log2 3 - 1)
+    lam_n = 1.8 / (np.log2(6) - 1)
+    lam_p = 1.6 / (np.log2(3) - 1)
+    result = assign(w, grid, lam=0.5, decay=1.0, mode="clean")
+    assert result.lam_max == pytest.approx(min(lam_n, lam_p))
+    lam = 0.5 * min(lam_n, lam_p)
+    info = np.array([np.inf, np.log2(6), 1.0, np.log2(3)])
+    centroids = np.array([-2.0, -1.0, 0.0, 1.0])
+    cost = (w.numpy()[None, :].astype(np.float64) - centroids[:, None]) ** 2 + lam * info[:, None]
+    assert result.indices.tolist() == cost.argmin(axis=0).tolist()
+
+
+@pytest.mark.parametrize("mode", ["clean", "faithful"])
+def test_quantized_values_are_level_times_nnc_step(weights, mode):
+    grid = uniform_grid(weights, 4, mode)
+    result = assign(weights, grid, 0.05, mode=mode)
+    q = export_levels(levels_of(result, grid), grid)
+    exact = q.levels.to(torch.float64) * q.step
+    assert torch.equal(q.dequantize().to(torch.float64), exact)
+    if mode == "clean":
+        assert torch.equal(q.dequantize(), values_of(result, grid))
+        assert q.max_export_change == 0.0
+    else:
+        bound = max(abs(v) for v in grid.levels) * abs(q.step - grid.step)
+        assert 0 < q.max_export_change <= bound * (1 + 1e-6)
+
+
+def test_chunked_path_equals_single_chunk(weights):
+    grid = uniform_grid(weights, 4)
+    relevance = torch.rand(weights.shape, generator=torch.Generator().manual_seed(2)) ** 4
+    whole = assign(weights, grid, 0.1, relevance=relevance)
+    chunked = assign(weights, grid, 0.1, relevance=relevance, chunk_size=97)
+    assert torch.equal(whole.indices, chunked.indices)
+    assert torch.equal(nearest_indices(weights, grid.values(), 5), nearest_indices(weights, grid.values()))
+
+
+def test_bad_inputs(weights):
+    grid = uniform_grid(weights, 4)
+    with pytest.raises(ValueError, match="lam must be a finite number >= 0"):
+        assign(weights, grid, -1.0)
+    with pytest.raises(ValueError, match="mode must be one of"):
+        assign(weights, grid, 0.1, mode="paper")
+    with pytest.raises(TypeError, match="grid must be"):
+        assign(weights, [0, 1], 0.1)
+    with pytest.raises(ValueError, match="relevance shape"):
+        assign(weights, grid, 0.1, relevance=torch.ones(3))
+    with pytest.raises(ValueError, match="zero centroid"):
+        ec_assign(weights, torch.tensor([-1.0, 0.5, 1.0]), 1, 0.1)
+    with pytest.raises(ValueError, match="chunk_size"):
+        assign(weights, grid, 0.1, chunk_size=0)
