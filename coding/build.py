@@ -1,0 +1,26 @@
+"""Pre-builds the codec extension: `python -m ecqx.coding.build [--verbose]` (CI, clusters, containers)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ecqx.coding.errors import NativeBuildError
+from ecqx.coding.native import build_directory, load_native
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ecqx.coding.build", description=__doc__)
+    parser.add_argument("--verbose", action="store_true", help="show the compiler commands and output")
+    args = parser.parse_args(argv)
+    try:
+        module = load_native(verbose=args.verbose)
+    except NativeBuildError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"codec extension ready: {module.__file__} (cache {build_directory()})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,132 @@
+// Python binding of the DeepCABAC core: int32 CPU tensors in (zero-copy), bytes out, GIL released while coding.
+#include <torch/extension.h>
+
+#include <string>
+#include <vector>
+
+#include "nnc_core.h"
+
+namespace py = pybind11;
+
+namespace {
+
+void require_tensor(const torch::Tensor& t, torch::ScalarType dtype, int64_t count, const char* what) {
+  if (t.scalar_type() != dtype)
+    throw nnc::UsageError(std::string(what) + " must have dtype " + c10::toString(dtype) + ", got " +
+                          c10::toString(t.scalar_type()));
+  if (!t.device().is_cpu()) throw nnc::UsageError(std::string(what) + " must be a CPU tensor");
+  if (!t.is_contiguous()) throw nnc::UsageError(std::string(what) + " must be contiguous");
+  if (t.numel() != count)
+    throw nnc::UsageError(std::string(what) + " has " + std::to_string(t.numel()) + " elements, expected " +
+                          std::to_string(count));
+}
+
+nnc::LayerParams make_params(int64_t rows, int64_t width, int scan_order, bool dq, int num_gtx, int profile,
+                             int cb_size, int cb_zero, bool has_qp, int qp_bits) {
+  nnc::LayerParams p;
+  p.num_rows = rows;
+  p.layer_width = width;
+  p.scan_order = scan_order;
+  p.dq = dq;
+  p.num_gtx = num_gtx;
+  p.profile = profile;
+  p.codebook_size = cb_size;
+  p.codebook_zero_offset = cb_zero;
+  p.has_qp = has_qp;
+  p.qp_bits = qp_bits;
+  return p;
+}
+
+int64_t checked_count(int64_t rows, int64_t width) {
+  if (rows < 1 || width < 1 || rows > (int64_t(1) << 40) / width)
+    throw nnc::UsageError("invalid tensor geometry rows=" + std::to_string(rows) + " width=" + std::to_string(width));
+  return rows * width;
+}
+
+py::list entry_point_list(const std::vector<nnc::EntryPoint>& eps) {
+  py::list out;
+  for (const auto& e : eps) out.append(py::make_tuple(e.bit_delta, e.value8, e.dq_state));
+  return out;
+}
+
+py::tuple encode_payload(const torch::Tensor& levels, int64_t rows, int64_t width, int scan_order, bool dq,
+                         int num_gtx, int profile, int cb_size, int cb_zero, bool has_qp, int qp_bits,
+                         bool row_skip, bool param_opt, int32_t qp_delta) {
+  const int64_t count = checked_count(rows, width);
+  require_tensor(levels, torch::kInt32, count, "levels");
+  const nnc::LayerParams p = make_params(rows, width, scan_order, dq, num_gtx, profile, cb_size, cb_zero, has_qp,
+                                         qp_bits);
+  nnc::EncodeOptions opt;
+  opt.row_skip = row_skip;
+  opt.param_opt = param_opt;
+  opt.qp_delta = qp_delta;
+  const int32_t* data = levels.data_ptr<int32_t>();
+  nnc::EncodedPayload result;
+  {
+    py::gil_scoped_release release;
+    result = nnc::encode_payload(data, p, opt);
+  }
+  py::bytes payload(reinterpret_cast<const char*>(result.bytes.data()), result.bytes.size());
+  return py::make_tuple(payload, entry_point_list(result.entry_points));
+}
+
+py::tuple decode_payload(const py::bytes& data, torch::Tensor out, int64_t rows, int64_t width, int scan_order,
+                         bool dq, int num_gtx, int profile, int cb_size, int cb_zero, bool has_qp, int qp_bits) {
+  const int64_t count = checked_count(rows, width);
+  require_tensor(out, torch::kInt32, count, "out");
+  const nnc::LayerParams p = make_params(rows, width, scan_order, dq, num_gtx, profile, cb_size, cb_zero, has_qp,
+                                         qp_bits);
+  char* buffer = nullptr;
+  Py_ssize_t size = 0;
+  if (PyBytes_AsStringAndSize(data.ptr(), &buffer, &size) != 0) throw py::error_already_set();
+  int32_t* dst = out.data_ptr<int32_t>();
+  nnc::DecodedPayload result;
+  {
+    py::gil_scoped_release release;
+    result = nnc::decode_payload(reinterpret_cast<const uint8_t*>(buffer), static_cast<size_t>(size), p, dst);
+  }
+  return py::make_tuple(result.qp_delta, result.consumed, entry_point_list(result.entry_points));
+}
+
+void trellis_quantize(const torch::Tensor& weights, torch::Tensor out, int64_t rows, int64_t width, int scan_order,
+                      double qscale) {
+  const int64_t count = checked_count(rows, width);
+  require_tensor(weights, torch::kFloat32, count, "weights");
+  require_tensor(out, torch::kInt32, count, "out");
+  const nnc::LayerParams p = make_params(rows, width, scan_order, false, 11, 1, 0, 0, false, 8);
+  const float* src = weights.data_ptr<float>();
+  int32_t* dst = out.data_ptr<int32_t>();
+  py::gil_scoped_release release;
+  nnc::trellis_quantize(src, p, qscale, dst);
+}
+
+py::bytes encode_bin_script(const std::vector<int>& kinds, const std::vector<int>& args,
+                            const std::vector<uint32_t>& values) {
+  const std::vector<uint8_t> out = nnc::encode_bin_script(kinds, args, values);
+  return py::bytes(reinterpret_cast<const char*>(out.data()), out.size());
+}
+
+py::tuple decode_bin_script(const py::bytes& data, const std::vector<int>& kinds, const std::vector<int>& args) {
+  char* buffer = nullptr;
+  Py_ssize_t size = 0;
+  if (PyBytes_AsStringAndSize(data.ptr(), &buffer, &size) != 0) throw py::error_already_set();
+  size_t consumed = 0;
+  std::vector<uint32_t> values =
+      nnc::decode_bin_script(reinterpret_cast<const uint8_t*>(buffer), static_cast<size_t>(size), kinds, args,
+                             &consumed);
+  return py::make_tuple(values, consumed);
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "DeepCABAC core of the ecqx NNC codec";
+  py::register_exception<nnc::BitstreamError>(m, "NativeBitstreamError", PyExc_ValueError);
+  m.def("encode_payload", &encode_payload);
+  m.def("decode_payload", &decode_payload);
+  m.def("trellis_quantize", &trellis_quantize);
+  m.def("scan_positions", &nnc::scan_positions);
+  m.def("trace_context", &nnc::trace_context);
+  m.def("encode_bin_script", &encode_bin_script);
+  m.def("decode_bin_script", &decode_bin_script);
+}

@@ -1,0 +1,869 @@
+// DeepCABAC engine, context modelling, binarization, scans, row skipping and dependent quantization of the
+// NNC bitstream (spec nnc-bitstream.md §3-§11, Appendices C and D). Plain C++17.
+#include "nnc_core.h"
+
+#include <algorithm>
+#include <cfloat>
+#include <cmath>
+#include <limits>
+#include <utility>
+
+#include "tables.h"
+
+namespace nnc {
+namespace {
+
+constexpr int32_t kCurve[32] = {2512, 2288, 2064, 1840, 1616, 1392, 1168, 944, 720, 560, 464,
+                                368,  272,  208,  144,  80,   64,   64,   64,   64,  64,  64,
+                                64,   64,   64,   64,   64,   64,   64,   64,   64,  0};
+
+struct EcoParams {
+  int32_t sh0, sh1, p, s0;
+};
+// Context parameter sets selected by ecoIdx (spec §5.2).
+constexpr EcoParams kEco[9] = {{5, 4, 0, 0},    {5, 4, -1310, -41}, {5, 4, 3039, 95},
+                               {4, 5, 0, 0},    {6, 6, 962, 30},    {6, 6, 3039, 95},
+                               {6, 6, -673, -21}, {7, 5, 0, 0},     {7, 5, 962, 30}};
+constexpr int kNumEco = 9;
+
+// Dependent-quantization state transitions T[state][parity] (spec §11.1).
+constexpr uint8_t kTrans[8][2] = {{0, 2}, {7, 5}, {1, 3}, {6, 4}, {2, 0}, {5, 7}, {3, 1}, {4, 6}};
+
+constexpr int kMaxOverrunBytes = 2;       // zero bytes fed past the payload end before giving up
+constexpr int64_t kMaxAbsLevel = 2147483647;
+constexpr int kMaxRemainderPrefix = 31;
+
+struct Context {
+  int32_t p, s0, sh0, sh1, eco;
+
+  void init(int e) {
+    const EcoParams& ep = kEco[e];
+    sh0 = ep.sh0;
+    sh1 = ep.sh1;
+    p = ep.p;
+    s0 = ep.s0;
+    eco = e;
+  }
+  void reset() {
+    p = kEco[eco].p;
+    s0 = kEco[eco].s0;
+  }
+  int mps() const { return p >= 0 ? 1 : 0; }
+  uint32_t lps_range(uint32_t range) const {
+    const int32_t q = p >> 7;
+    return kRangeLps[((range >> 5) & 7) * 32 + static_cast<uint32_t>(q < 0 ? -q : q)];
+  }
+  void update(int bin) {
+    const int32_t sg = bin ? 1 : -1;
+    int32_t s1 = p - 16 * s0;
+    s0 += sg * (kCurve[16 + ((sg * s0) >> 3)] >> sh0);
+    s1 += sg * (kCurve[16 + ((sg * s1) >> 7)] >> sh1);
+    p = s1 + 16 * s0;
+  }
+};
+
+inline int leading_shift(uint32_t range) { return __builtin_clz(range) - 23; }
+
+// ------------------------------------------------------------------------------------------ decoder engine
+class ArithDecoder {
+ public:
+  ArithDecoder(const uint8_t* data, size_t size) : data_(data), size_(size) {
+    value_ = next_byte() << 8;
+    value_ |= next_byte();
+  }
+
+  int decode_bin(Context& c) {
+    const uint32_t lps = c.lps_range(range_);
+    const uint32_t mps_range = range_ - lps;
+    const uint32_t scaled = mps_range << 7;
+    int bin;
+    if (value_ >= scaled) {
+      bin = 1 - c.mps();
+      value_ -= scaled;
+      range_ = lps;
+    } else {
+      bin = c.mps();
+      range_ = mps_range;
+    }
+    if (range_ < 256) {
+      const int n = leading_shift(range_);
+      range_ <<= n;
+      value_ <<= n;
+      bits_needed_ += n;
+      if (bits_needed_ >= 0) {
+        value_ += next_byte() << bits_needed_;
+        bits_needed_ -= 8;
+      }
+    }
+    c.update(bin);
+    return bin;
+  }
+
+  uint32_t decode_bypass() {
+    value_ <<= 1;
+    if (++bits_needed_ >= 0) {
+      value_ += next_byte();
+      bits_needed_ = -8;
+    }
+    const uint32_t scaled = range_ << 7;
+    if (value_ >= scaled) {
+      value_ -= scaled;
+      return 1;
+    }
+    return 0;
+  }
+
+  uint32_t decode_bypass_bits(int n) {
+    uint32_t v = 0;
+    for (int i = 0; i < n; ++i) v = (v << 1) | decode_bypass();
+    return v;
+  }
+
+  int decode_terminating() {
+    range_ -= 2;
+    const uint32_t scaled = range_ << 7;
+    if (value_ >= scaled) return 1;
+    if (range_ < 256) {
+      range_ <<= 1;
+      value_ <<= 1;
+      if (++bits_needed_ == 0) {
+        value_ += next_byte();
+        bits_needed_ = -8;
+      }
+    }
+    return 0;
+  }
+
+  void reset_range() { range_ = 256; }
+  int64_t bit_position() const { return 8 * static_cast<int64_t>(pos_) - 8 + bits_needed_; }
+  uint32_t value8() const { return (value_ >> 7) & 255; }
+  size_t consumed() const { return pos_; }
+
+ private:
+  uint32_t next_byte() {
+    if (pos_ < size_) return data_[pos_++];
+    ++pos_;
+    if (pos_ > size_ + kMaxOverrunBytes)
+      throw BitstreamError("CABAC payload ends before the coded data is complete (truncated or corrupt NDU)");
+    return 0;
+  }
+
+  const uint8_t* data_;
+  size_t size_;
+  size_t pos_ = 0;
+  uint32_t value_ = 0;
+  uint32_t range_ = 510;
+  int bits_needed_ = -8;
+};
+
+// ------------------------------------------------------------------------------------------ encoder engine
+class ArithEncoder {
+ public:
+  void encode_bin(int bin, Context& c) {
+    const uint32_t lps = c.lps_range(range_);
+    range_ -= lps;
+    if (bin == c.mps()) {
+      if (range_ < 256) {
+        range_ <<= 1;
+        low_ <<= 1;
+        --bits_left_;
+      }
+    } else {
+      const int n = leading_shift(lps);
+      low_ += range_;
+      range_ = lps << n;
+      low_ <<= n;
+      bits_left_ -= n;
+    }
+    if (bits_left_ < 12) emit_byte();
+    c.update(bin);
+  }
+
+  void encode_bypass(uint32_t bin) {
+    low_ <<= 1;
+    if (bin) low_ += range_;
+    if (--bits_left_ < 12) emit_byte();
+  }
+
+  void encode_bypass_bits(uint32_t value, int n) {
+    for (int i = n - 1; i >= 0; --i) encode_bypass((value >> i) & 1u);
+  }
+
+  void reset_range() { range_ = 256; }
+
+  // Terminating bin with value 1 followed by the byte-exact flush (spec §4.6).
+  std::vector<uint8_t> finish() {
+    range_ -= 2;
+    low_ += range_;
+    low_ <<= 7;
+    range_ = 256;
+    bits_left_ -= 7;
+    if (bits_left_ < 12) emit_byte();
+    if (low_ >> (32 - bits_left_)) {
+      out_.push_back(static_cast<uint8_t>((pending_byte_ + 1) & 0xFF));
+      for (int64_t i = 1; i < pending_count_; ++i) out_.push_back(0x00);
+      low_ -= uint64_t(1) << (32 - bits_left_);
+    } else {
+      if (pending_count_ > 0) out_.push_back(static_cast<uint8_t>(pending_byte_));
+      for (int64_t i = 1; i < pending_count_; ++i) out_.push_back(0xFF);
+    }
+    int nbits = 24 - bits_left_ + 1;
+    uint64_t v = ((low_ >> 8) << 1) | 1u;
+    const int pad = (8 - nbits % 8) % 8;
+    v <<= pad;
+    nbits += pad;
+    for (int sh = nbits - 8; sh >= 0; sh -= 8) out_.push_back(static_cast<uint8_t>((v >> sh) & 0xFF));
+    return std::move(out_);
+  }
+
+ private:
+  void emit_byte() {
+    const uint32_t lead = static_cast<uint32_t>(low_ >> (24 - bits_left_));
+    bits_left_ += 8;
+    low_ &= 0xFFFFFFFFu >> bits_left_;
+    if (lead == 0xFF) {
+      ++pending_count_;
+    } else if (pending_count_ > 0) {
+      const uint32_t carry = lead >> 8;
+      out_.push_back(static_cast<uint8_t>((pending_byte_ + carry) & 0xFF));
+      const uint8_t fill = static_cast<uint8_t>((0xFF + carry) & 0xFF);
+      for (int64_t i = 1; i < pending_count_; ++i) out_.push_back(fill);
+      pending_byte_ = lead & 0xFF;
+      pending_count_ = 1;
+    } else {
+      pending_byte_ = lead;
+      pending_count_ = 1;
+    }
+  }
+
+  uint64_t low_ = 0;
+  uint32_t range_ = 510;
+  int bits_left_ = 23;
+  int64_t pending_count_ = 0;
+  uint32_t pending_byte_ = 0;
+  std::vector<uint8_t> out_;
+};
+
+// ------------------------------------------------------------------------------------------ layout
+struct Layout {
+  static constexpr int kSign = 48;
+  static constexpr int kGtx = 53;
+  int num_gtx, rem, eco_flag, row_skip, size;
+  explicit Layout(int n)
+      : num_gtx(n), rem(53 + 4 * n), eco_flag(53 + 4 * n + 34), row_skip(53 + 4 * n + 36), size(90 + 4 * n) {}
+};
+
+inline int neighbour_class(int64_t nb) { return nb == 0 ? 0 : (nb < 0 ? 1 : 2); }
+
+struct EcoEntry {
+  int ctx;
+  bool signalled;
+};
+
+// Contexts whose parameter set is signalled, in bitstream order (spec §8.1, no TCA/HDSP).
+std::vector<EcoEntry> eco_list(const Layout& L, bool dq, int cb_size, int cb_zero) {
+  std::vector<EcoEntry> out;
+  const bool any = cb_size != 1;
+  for (int i = 0; i < (dq ? 24 : 3); ++i) out.push_back({i, any});
+  const bool sign = any && !(cb_size > 0 && (cb_zero == 0 || cb_zero == cb_size - 1));
+  for (int i = 0; i < 3; ++i) out.push_back({Layout::kSign + i, sign});
+  const int64_t max_abs = cb_size > 0 ? std::max(cb_zero, cb_size - 1 - cb_zero) : -1;
+  for (int a = 0; a < 2 * L.num_gtx; ++a) out.push_back({Layout::kGtx + a, max_abs == -1 || a < 2 * max_abs});
+  int64_t level = L.num_gtx - 1;
+  for (int a = 0; a < 31; ++a) {
+    level += int64_t(1) << a;
+    out.push_back({L.rem + a, max_abs == -1 || level < max_abs});
+  }
+  return out;
+}
+
+struct Geometry {
+  int64_t rows, width, count;
+  int so;             // effective scan order
+  int64_t block;      // 4 << so (0 for scan 0)
+  int64_t block_rows; // number of block rows (1 for scan 0)
+};
+
+void check_params(const LayerParams& p) {
+  if (p.num_rows < 1 || p.layer_width < 1)
+    throw UsageError("tensor dimensions must be positive (got rows=" + std::to_string(p.num_rows) +
+                     ", layer_width=" + std::to_string(p.layer_width) + ")");
+  if (p.num_rows > std::numeric_limits<int64_t>::max() / p.layer_width)
+    throw UsageError("tensor has too many elements");
+  if (p.scan_order < 0 || p.scan_order > 4)
+    throw UsageError("scan_order must be 0..4, got " + std::to_string(p.scan_order));
+  if (p.num_gtx < 1 || p.num_gtx > 256)
+    throw UsageError("cabac_unary_length_minus1 + 1 must be 1..256, got " + std::to_string(p.num_gtx));
+  if (p.profile != 0 && p.profile != 1)
+    throw UsageError("general_profile_idc must be 0 or 1, got " + std::to_string(p.profile));
+  if (p.codebook_size < 0 || (p.codebook_size > 0 &&
+                              (p.codebook_zero_offset < 0 || p.codebook_zero_offset >= p.codebook_size)))
+    throw UsageError("codebook zero offset must lie in [0, codebook_size)");
+  if (p.has_qp && (p.qp_bits < 6 || p.qp_bits > 13)) throw UsageError("qp delta width must be 6..13 bits");
+}
+
+Geometry make_geometry(const LayerParams& p) {
+  Geometry g;
+  g.rows = p.num_rows;
+  g.width = p.layer_width;
+  g.count = p.num_rows * p.layer_width;
+  g.so = effective_scan_order(p);
+  g.block = g.so ? (int64_t(4) << g.so) : 0;
+  g.block_rows = g.so ? (g.rows + g.block - 1) / g.block : 1;
+  return g;
+}
+
+// State reached from `s` after `width` parity-0 transitions (row skipping, spec §10). The parity-0 graph
+// has cycles of length 1, 2 and 4, so width mod 4 steps suffice.
+void skip_advance_table(int64_t width, uint8_t table[8]) {
+  for (int s = 0; s < 8; ++s) {
+    int t = s;
+    for (int64_t i = 0; i < width % 4; ++i) t = kTrans[t][0];
+    table[s] = static_cast<uint8_t>(t);
+  }
+}
+
+// Walks the coded positions in scan order (spec Appendix C/D): skipped row segments advance the DQ state,
+// visit(pos, state) -> next state for every coded position, boundary(state) after each block row but the last.
+template <class Visit, class Boundary>
+void walk(const Geometry& g, const uint8_t* zero_rows, bool dq, Visit&& visit, Boundary&& boundary) {
+  uint8_t advance[8];
+  skip_advance_table(g.width, advance);
+  int state = 0;
+  const int64_t W = g.width;
+  if (g.so == 0) {
+    for (int64_t y = 0; y < g.rows; ++y) {
+      if (zero_rows && zero_rows[y]) {
+        if (dq) state = advance[state];
+        continue;
+      }
+      const int64_t base = y * W;
+      for (int64_t x = 0; x < W; ++x) state = visit(base + x, state);
+    }
+    return;
+  }
+  const int64_t B = g.block;
+  for (int64_t by = 0; by < g.rows; by += B) {
+    const int64_t y_end = std::min(by + B, g.rows);
+    for (int64_t bx = 0; bx < W; bx += B) {
+      const int64_t x_end = std::min(bx + B, W);
+      for (int64_t y = by; y < y_end; ++y) {
+        if (zero_rows && zero_rows[y]) {
+          if (dq) state = advance[state];
+          continue;
+        }
+        const int64_t base = y * W;
+        for (int64_t x = bx; x < x_end; ++x) state = visit(base + x, state);
+      }
+    }
+    if (y_end < g.rows) boundary(state);
+  }
+}
+
+inline int64_t dq_level_from_index(int64_t r, int state) {
+  if (r == 0) return 0;
+  const int64_t q = state & 1;
+  return r > 0 ? (r + q) >> 1 : (r - q) >> 1;
+}
+
+inline int64_t dq_index_from_level(int64_t k, int state) {
+  if (k == 0) return 0;
+  const int64_t q = state & 1;
+  return k > 0 ? 2 * k - q : 2 * k + q;
+}
+
+bool uses_row_skip_syntax(const LayerParams& p, const Geometry& g) {
+  return p.profile == 1 && g.width > 1 && g.count > g.width && p.codebook_size != 1;
+}
+
+// ------------------------------------------------------------------------------------------ level coding
+struct CodebookLimits {
+  bool active;  // profile-1 codebook-constrained binarization (spec §7.2)
+  int size, zero;
+};
+
+void encode_level(ArithEncoder& enc, Context* ctx, const Layout& L, int64_t k, int state, int nbc,
+                  const CodebookLimits& cb) {
+  if (cb.active && cb.size == 1) return;
+  enc.encode_bin(k != 0, ctx[3 * state + nbc]);
+  if (k == 0) return;
+  const int neg = k < 0;
+  if (!(cb.active && (cb.zero == 0 || cb.zero == cb.size - 1))) enc.encode_bin(neg, ctx[Layout::kSign + nbc]);
+  const int64_t a = neg ? -k : k;
+  const int64_t max_abs = cb.active ? (neg ? cb.zero : cb.size - 1 - cb.zero) : kMaxAbsLevel + 1;
+  if (max_abs <= 1) return;
+  Context* gtx = ctx + Layout::kGtx + neg;
+  int64_t known = 1;
+  int flag = 0;
+  for (int j = 0; j < L.num_gtx; ++j) {
+    flag = a > j + 1;
+    enc.encode_bin(flag, gtx[2 * j]);
+    known += flag;
+    if (!flag || known >= max_abs) break;
+  }
+  if (!flag || known >= max_abs) return;
+  // Exp-Golomb remainder with context-coded prefix; a codebook bound ends the prefix early (spec §7.2).
+  const int64_t rem = a - known;
+  int64_t base = 0;
+  int t = 0;
+  while (t < kMaxRemainderPrefix) {
+    const int more = rem >= base + (int64_t(1) << t);
+    enc.encode_bin(more, ctx[L.rem + t]);
+    if (!more) break;
+    base += int64_t(1) << t;
+    ++t;
+    if (cb.active && known + base + (int64_t(1) << t) > max_abs) break;
+  }
+  enc.encode_bypass_bits(static_cast<uint32_t>(rem - base), t);
+}
+
+int64_t decode_level(ArithDecoder& dec, Context* ctx, const Layout& L, int state, int nbc,
+                     const CodebookLimits& cb) {
+  if (cb.active && cb.size == 1) return 0;
+  if (!dec.decode_bin(ctx[3 * state + nbc])) return 0;
+  int neg;
+  if (cb.active && (cb.zero == 0 || cb.zero == cb.size - 1))
+    neg = cb.zero != 0;
+  else
+    neg = dec.decode_bin(ctx[Layout::kSign + nbc]);
+  const int64_t max_abs = cb.active ? (neg ? cb.zero : cb.size - 1 - cb.zero) : kMaxAbsLevel + 1;
+  int64_t a = 1;
+  if (max_abs > 1) {
+    Context* gtx = ctx + Layout::kGtx + neg;
+    int flag = 0;
+    for (int j = 0; j < L.num_gtx; ++j) {
+      flag = dec.decode_bin(gtx[2 * j]);
+      a += flag;
+      if (!flag || a >= max_abs) break;
+    }
+    if (flag && a < max_abs) {
+      int t = 0;
+      while (t < kMaxRemainderPrefix) {
+        if (!dec.decode_bin(ctx[L.rem + t])) break;
+        a += int64_t(1) << t;
+        ++t;
+        if (cb.active && a + (int64_t(1) << t) > max_abs) break;
+      }
+      a += dec.decode_bypass_bits(t);
+    }
+  }
+  if (a > max_abs - (cb.active ? 0 : 1))
+    throw BitstreamError(cb.active ? "decoded codebook index outside the codebook"
+                                   : "decoded level magnitude exceeds the int32 range");
+  return neg ? -a : a;
+}
+
+// ------------------------------------------------------------------------------------------ ecoIdx choice
+// Nine candidate context states per context, with accumulated bit estimates (spec §8.2).
+class ParamOptimizer {
+ public:
+  explicit ParamOptimizer(int num_contexts) : p_(num_contexts * kNumEco), s0_(num_contexts * kNumEco),
+                                              acc_(num_contexts * kNumEco, 0) {
+    for (int c = 0; c < num_contexts; ++c)
+      for (int e = 0; e < kNumEco; ++e) {
+        p_[c * kNumEco + e] = kEco[e].p;
+        s0_[c * kNumEco + e] = kEco[e].s0;
+      }
+  }
+
+  void bin(int ctx, int b) {
+    int32_t* p = &p_[ctx * kNumEco];
+    int32_t* s0 = &s0_[ctx * kNumEco];
+    uint64_t* acc = &acc_[ctx * kNumEco];
+    const int32_t sg = b ? 1 : -1;
+    for (int e = 0; e < kNumEco; ++e) {
+      acc[e] += kBitEstimate[512 + (p[e] >> 3)][b];
+      int32_t s1 = p[e] - 16 * s0[e];
+      s0[e] += sg * (kCurve[16 + ((sg * s0[e]) >> 3)] >> kEco[e].sh0);
+      s1 += sg * (kCurve[16 + ((sg * s1) >> 7)] >> kEco[e].sh1);
+      p[e] = s1 + 16 * s0[e];
+    }
+  }
+
+  void reset_states() {
+    const size_t n = p_.size() / kNumEco;
+    for (size_t c = 0; c < n; ++c)
+      for (int e = 0; e < kNumEco; ++e) {
+        p_[c * kNumEco + e] = kEco[e].p;
+        s0_[c * kNumEco + e] = kEco[e].s0;
+      }
+  }
+
+  int best(int ctx) const {
+    const uint64_t* acc = &acc_[ctx * kNumEco];
+    int best = 0;
+    uint64_t cost = acc[0];
+    for (int e = 1; e < kNumEco; ++e) {
+      const uint64_t c = acc[e] + 3 * 32768;
+      if (c < cost) {
+        best = e;
+        cost = c;
+      }
+    }
+    return best;
+  }
+
+  // Context-coded bins of value v as the plain binarization (§7.1) would produce them.
+  void level(const Layout& L, int64_t v, int state, int nbc) {
+    bin(3 * state + nbc, v != 0);
+    if (v == 0) return;
+    const int neg = v < 0;
+    bin(Layout::kSign + nbc, neg);
+    const int64_t a = neg ? -v : v;
+    for (int j = 0; j < L.num_gtx; ++j) {
+      const int gt = a > j + 1;
+      bin(Layout::kGtx + 2 * j + neg, gt);
+      if (!gt) return;
+    }
+    const int64_t r = a - L.num_gtx - 1;
+    if (r == 0) {
+      bin(L.rem, 0);
+      return;
+    }
+    bin(L.rem, 1);
+    int64_t base = 1;
+    int t = 1;
+    while (r >= base + (int64_t(1) << t)) {
+      bin(L.rem + t, 1);
+      base += int64_t(1) << t;
+      ++t;
+    }
+    bin(L.rem + t, 0);
+  }
+
+ private:
+  std::vector<int32_t> p_, s0_;
+  std::vector<uint64_t> acc_;
+};
+
+std::vector<int> choose_eco(const int32_t* levels, const LayerParams& p, const Geometry& g, const Layout& L,
+                            const uint8_t* zero_rows, const std::vector<EcoEntry>& list) {
+  ParamOptimizer opt(L.size);
+  int64_t nb = 0;
+  auto visit = [&](int64_t pos, int state) {
+    const int64_t v = levels[pos];
+    opt.level(L, v, state, neighbour_class(nb));
+    nb = v;
+    if (!p.dq) return state;
+    return static_cast<int>(kTrans[state][dq_level_from_index(v, state) & 1]);
+  };
+  // Block-row boundaries reset only the candidate states (accumulators and neighbour are kept).
+  walk(g, zero_rows, p.dq, visit, [&](int) { opt.reset_states(); });
+  std::vector<int> out;
+  out.reserve(list.size());
+  for (const EcoEntry& e : list) out.push_back(e.signalled ? opt.best(e.ctx) : 0);
+  return out;
+}
+
+void validate_levels(const int32_t* levels, const LayerParams& p, int64_t count) {
+  if (p.codebook_size > 0) {
+    const int64_t lo = -p.codebook_zero_offset, hi = p.codebook_size - 1 - p.codebook_zero_offset;
+    for (int64_t i = 0; i < count; ++i)
+      if (levels[i] < lo || levels[i] > hi)
+        throw UsageError("codebook-coded value " + std::to_string(levels[i]) + " at position " +
+                         std::to_string(i) + " is outside [" + std::to_string(lo) + ", " + std::to_string(hi) +
+                         "]");
+    return;
+  }
+  for (int64_t i = 0; i < count; ++i)
+    if (levels[i] == std::numeric_limits<int32_t>::min())
+      throw UsageError("level -2147483648 at position " + std::to_string(i) +
+                       " cannot be coded (allowed: -2147483647 .. 2147483647)");
+}
+
+void encode_tensor(ArithEncoder& enc, const int32_t* levels, const LayerParams& p, const EncodeOptions& opt) {
+  const Geometry g = make_geometry(p);
+  const Layout L(p.num_gtx);
+  const CodebookLimits cb{p.profile == 1 && p.codebook_size > 0, p.codebook_size, p.codebook_zero_offset};
+  std::vector<Context> ctx(L.size);
+  for (Context& c : ctx) c.init(0);
+
+  std::vector<uint8_t> zero_rows;
+  if (uses_row_skip_syntax(p, g)) {
+    enc.encode_bypass(opt.row_skip ? 1 : 0);
+    if (opt.row_skip) {
+      zero_rows.assign(g.rows, 0);
+      for (int64_t y = 0; y < g.rows; ++y) {
+        const int32_t* row = levels + y * g.width;
+        zero_rows[y] = std::all_of(row, row + g.width, [](int32_t v) { return v == 0; });
+        enc.encode_bin(zero_rows[y], ctx[L.row_skip]);
+      }
+    }
+  }
+  const uint8_t* skip = zero_rows.empty() ? nullptr : zero_rows.data();
+
+  const std::vector<EcoEntry> list = eco_list(L, p.dq, cb.active ? cb.size : 0, cb.zero);
+  std::vector<int> eco(list.size(), 0);
+  if (opt.param_opt && !(cb.active && cb.size == 1)) eco = choose_eco(levels, p, g, L, skip, list);
+  for (size_t i = 0; i < list.size(); ++i) {
+    if (list[i].signalled) {
+      enc.encode_bin(eco[i] != 0, ctx[L.eco_flag]);
+      if (eco[i]) enc.encode_bypass_bits(static_cast<uint32_t>(eco[i] - 1), 3);
+    }
+    ctx[list[i].ctx].init(eco[i]);
+  }
+
+  if (g.so && g.block_rows > 1) enc.reset_range();
+  int64_t nb = 0;
+  Context* c = ctx.data();
+  auto visit = [&](int64_t pos, int state) {
+    const int64_t v = levels[pos];
+    const int64_t k = p.dq ? dq_level_from_index(v, state) : v;
+    encode_level(enc, c, L, k, state, neighbour_class(nb), cb);
+    nb = k;
+    return p.dq ? static_cast<int>(kTrans[state][k & 1]) : state;
+  };
+  auto boundary = [&](int) {
+    for (Context& x : ctx) x.reset();
+    nb = 0;
+    enc.reset_range();
+  };
+  walk(g, skip, p.dq, visit, boundary);
+}
+
+void decode_tensor(ArithDecoder& dec, const LayerParams& p, int32_t* out, std::vector<EntryPoint>* eps) {
+  const Geometry g = make_geometry(p);
+  const Layout L(p.num_gtx);
+  const CodebookLimits cb{p.profile == 1 && p.codebook_size > 0, p.codebook_size, p.codebook_zero_offset};
+  std::vector<Context> ctx(L.size);
+  for (Context& c : ctx) c.init(0);
+  std::fill(out, out + g.count, 0);
+
+  std::vector<uint8_t> zero_rows;
+  if (uses_row_skip_syntax(p, g) && dec.decode_bypass()) {
+    zero_rows.assign(g.rows, 0);
+    for (int64_t y = 0; y < g.rows; ++y) zero_rows[y] = static_cast<uint8_t>(dec.decode_bin(ctx[L.row_skip]));
+  }
+  const uint8_t* skip = zero_rows.empty() ? nullptr : zero_rows.data();
+
+  for (const EcoEntry& e : eco_list(L, p.dq, cb.active ? cb.size : 0, cb.zero)) {
+    int eco = 0;
+    if (e.signalled && dec.decode_bin(ctx[L.eco_flag])) eco = 1 + static_cast<int>(dec.decode_bypass_bits(3));
+    ctx[e.ctx].init(eco);
+  }
+
+  if (g.so && g.block_rows > 1) dec.reset_range();
+  int64_t last_bitpos = dec.bit_position();
+  int64_t nb = 0;
+  Context* c = ctx.data();
+  auto visit = [&](int64_t pos, int state) {
+    const int64_t k = decode_level(dec, c, L, state, neighbour_class(nb), cb);
+    nb = k;
+    if (!p.dq) {
+      out[pos] = static_cast<int32_t>(k);
+      return state;
+    }
+    const int64_t r = dq_index_from_level(k, state);
+    if (r > kMaxAbsLevel || r < -kMaxAbsLevel)
+      throw BitstreamError("decoded reconstruction index exceeds the int32 range");
+    out[pos] = static_cast<int32_t>(r);
+    return static_cast<int>(kTrans[state][k & 1]);
+  };
+  auto boundary = [&](int state) {
+    for (Context& x : ctx) x.reset();
+    nb = 0;
+    dec.reset_range();
+    if (eps) {
+      const int64_t bp = dec.bit_position();
+      eps->push_back({bp - last_bitpos, dec.value8(), static_cast<uint32_t>(state)});
+      last_bitpos = bp;
+    }
+  };
+  walk(g, skip, p.dq, visit, boundary);
+}
+
+}  // namespace
+
+// ------------------------------------------------------------------------------------------ public API
+int effective_scan_order(const LayerParams& p) {
+  const int64_t count = p.num_rows * p.layer_width;
+  if (p.layer_width == 1 || count == p.layer_width) return 0;
+  return p.scan_order;
+}
+
+EncodedPayload encode_payload(const int32_t* levels, const LayerParams& p, const EncodeOptions& opt) {
+  check_params(p);
+  const int64_t count = p.num_rows * p.layer_width;
+  validate_levels(levels, p, count);
+  if (p.has_qp) {
+    const int32_t lo = -(1 << (p.qp_bits - 1)), hi = (1 << (p.qp_bits - 1)) - 1;
+    if (opt.qp_delta < lo || opt.qp_delta > hi)
+      throw UsageError("qp delta " + std::to_string(opt.qp_delta) + " does not fit the " +
+                       std::to_string(p.qp_bits) + "-bit field (allowed " + std::to_string(lo) + " .. " +
+                       std::to_string(hi) + ")");
+  }
+  ArithEncoder enc;
+  if (p.has_qp) enc.encode_bypass_bits(static_cast<uint32_t>(opt.qp_delta) & ((1u << p.qp_bits) - 1), p.qp_bits);
+  encode_tensor(enc, levels, p, opt);
+  EncodedPayload result;
+  result.bytes = enc.finish();
+  const Geometry g = make_geometry(p);
+  if (g.so && g.block_rows > 1) {
+    // Entry points are defined by the decoder's state at each block-row start (spec §9.4).
+    std::vector<int32_t> scratch(count);
+    DecodedPayload d = decode_payload(result.bytes.data(), result.bytes.size(), p, scratch.data());
+    result.entry_points = std::move(d.entry_points);
+  }
+  return result;
+}
+
+DecodedPayload decode_payload(const uint8_t* data, size_t size, const LayerParams& p, int32_t* out) {
+  check_params(p);
+  DecodedPayload result;
+  ArithDecoder dec(data, size);
+  if (p.has_qp) {
+    const uint32_t raw = dec.decode_bypass_bits(p.qp_bits);
+    const int32_t half = 1 << (p.qp_bits - 1);
+    result.qp_delta = static_cast<int32_t>(raw) >= half ? static_cast<int32_t>(raw) - 2 * half
+                                                        : static_cast<int32_t>(raw);
+  }
+  decode_tensor(dec, p, out, &result.entry_points);
+  if (dec.decode_terminating() != 1)
+    throw BitstreamError("terminating bin not found at the end of the CABAC payload (corrupt NDU)");
+  result.consumed = dec.consumed();
+  return result;
+}
+
+void trellis_quantize(const float* weights, const LayerParams& p, double qscale, int32_t* out) {
+  check_params(p);
+  const Geometry g = make_geometry(p);
+  const std::vector<int64_t> order = scan_positions(g.rows, g.width, g.so);
+  // Incoming branches per target state: (previous state, candidate slot), order matters for ties.
+  std::vector<std::pair<int, int>> branches[8];
+  for (int s = 0; s < 8; ++s) {
+    const int q = s & 1;
+    branches[kTrans[s][0]].push_back({s, 3 * q});
+    branches[kTrans[s][0]].push_back({s, 4});
+    branches[kTrans[s][1]].push_back({s, 2 - q});
+  }
+  const size_t n = order.size();
+  std::vector<uint8_t> decision(n * 8);
+  double cost[8] = {0.0};
+  for (int s = 1; s < 8; ++s) cost[s] = 0.5 * DBL_MAX;
+  auto scaled = [&](int64_t pos, int& sg) {
+    const double v = static_cast<double>(weights[pos]);
+    sg = v < 0 ? -1 : 1;
+    return (qscale * v) * sg;
+  };
+  for (size_t i = 0; i < n; ++i) {
+    int sg;
+    const double org = scaled(order[i], sg);
+    const int64_t m = std::max<int64_t>(1, static_cast<int64_t>(org) - 1);
+    double dist[5];
+    for (int64_t q = m; q < m + 4; ++q) dist[q & 3] = (org - q) * (org - q);
+    dist[4] = org * org;
+    double next[8];
+    for (int c = 0; c < 8; ++c) {
+      double best = DBL_MAX;
+      uint8_t pick = 0;
+      for (const auto& br : branches[c]) {
+        const double v = cost[br.first] + dist[br.second];
+        if (v < best) {
+          best = v;
+          pick = static_cast<uint8_t>(br.second | (br.first << 3));
+        }
+      }
+      next[c] = best;
+      decision[i * 8 + c] = pick;
+    }
+    std::copy(next, next + 8, cost);
+  }
+  int state = 0;
+  for (int s = 1; s < 8; ++s)
+    if (cost[s] < cost[state]) state = s;
+  for (size_t i = n; i-- > 0;) {
+    const uint8_t d = decision[i * 8 + state];
+    const int slot = d & 7;
+    const int prev = d >> 3;
+    int64_t level = 0;
+    if (slot != 4) {
+      int sg;
+      const double org = scaled(order[i], sg);
+      const int64_t m = std::max<int64_t>(1, static_cast<int64_t>(org) - 1);
+      int64_t q = m;
+      while ((q & 3) != slot) ++q;
+      level = sg * ((q + 1) >> 1);
+    }
+    state = prev;
+    int64_t r = 0;
+    if (level > 0) r = 2 * level - (state & 1);
+    if (level < 0) r = 2 * level + (state & 1);
+    out[order[i]] = static_cast<int32_t>(r);
+  }
+}
+
+std::vector<int64_t> scan_positions(int64_t num_rows, int64_t layer_width, int scan_order) {
+  LayerParams p;
+  p.num_rows = num_rows;
+  p.layer_width = layer_width;
+  p.scan_order = scan_order;
+  check_params(p);
+  const Geometry g = make_geometry(p);
+  std::vector<int64_t> out;
+  out.reserve(g.count);
+  walk(g, nullptr, false, [&](int64_t pos, int s) {
+    out.push_back(pos);
+    return s;
+  }, [](int) {});
+  return out;
+}
+
+std::vector<std::pair<int, int>> trace_context(int eco, const std::vector<int>& bins) {
+  if (eco < 0 || eco >= kNumEco) throw UsageError("ecoIdx must be 0..8");
+  Context c;
+  c.init(eco);
+  std::vector<std::pair<int, int>> out;
+  for (int b : bins) {
+    c.update(b ? 1 : 0);
+    out.push_back({c.s0, c.p});
+  }
+  return out;
+}
+
+namespace {
+void check_script(const std::vector<int>& kinds, const std::vector<int>& args) {
+  if (kinds.size() != args.size()) throw UsageError("script kinds and args differ in length");
+  for (size_t i = 0; i < kinds.size(); ++i) {
+    if (kinds[i] == 0 && (args[i] < 0 || args[i] >= 64)) throw UsageError("script context index must be 0..63");
+    if (kinds[i] == 1 && (args[i] < 1 || args[i] > 32)) throw UsageError("script bypass width must be 1..32");
+    if (kinds[i] < 0 || kinds[i] > 2) throw UsageError("script op kind must be 0, 1 or 2");
+  }
+}
+}  // namespace
+
+std::vector<uint8_t> encode_bin_script(const std::vector<int>& kinds, const std::vector<int>& args,
+                                       const std::vector<uint32_t>& values) {
+  check_script(kinds, args);
+  if (values.size() != kinds.size()) throw UsageError("script values and kinds differ in length");
+  std::vector<Context> ctx(64);
+  for (Context& c : ctx) c.init(0);
+  ArithEncoder enc;
+  for (size_t i = 0; i < kinds.size(); ++i) {
+    if (kinds[i] == 0) enc.encode_bin(values[i] ? 1 : 0, ctx[args[i]]);
+    else if (kinds[i] == 1) enc.encode_bypass_bits(values[i], args[i]);
+    else enc.reset_range();
+  }
+  return enc.finish();
+}
+
+std::vector<uint32_t> decode_bin_script(const uint8_t* data, size_t size, const std::vector<int>& kinds,
+                                        const std::vector<int>& args, size_t* consumed) {
+  check_script(kinds, args);
+  std::vector<Context> ctx(64);
+  for (Context& c : ctx) c.init(0);
+  ArithDecoder dec(data, size);
+  std::vector<uint32_t> out;
+  for (size_t i = 0; i < kinds.size(); ++i) {
+    if (kinds[i] == 0) out.push_back(static_cast<uint32_t>(dec.decode_bin(ctx[args[i]])));
+    else if (kinds[i] == 1) out.push_back(dec.decode_bypass_bits(args[i]));
+    else {
+      dec.reset_range();
+      out.push_back(0);
+    }
+  }
+  if (dec.decode_terminating() != 1) throw BitstreamError("terminating bin not found");
+  *consumed = dec.consumed();
+  return out;
+}
+
+}  // namespace nnc

@@ -1,0 +1,400 @@
+"""NNC high-level syntax: NNR units (start unit, MPS, LPS, TPL, NDU) as NNCodec 2.1.3 writes and reads them.
+
+Spec nnc-bitstream.md §2. The writer emits the interop profile (§2.11/§2.12); the reader parses every field
+NNCodec writes and raises BitstreamError, naming the field, for what this codec does not support.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+from ecqx.coding.bits import BitReader, BitWriter
+from ecqx.coding.errors import BitstreamError
+
+
+class UnitType(IntEnum):
+    STR = 0
+    MPS = 1
+    LPS = 2
+    TPL = 3
+    QNT = 4
+    NDU = 5
+    AGG = 6
+
+
+class PayloadType(IntEnum):
+    NNR_PT_INT = 0
+    NNR_PT_FLOAT = 1
+    NNR_PT_RAW_FLOAT = 2
+    NNR_PT_BLOCK = 3
+
+
+TPL_FORMATS = {0: "UNREC", 1: "NNEF", 2: "ONNX", 3: "PYT", 4: "TEF", 5: "PRUN", 6: "REFLIST"}
+TPL_READABLE = (0, 3, 4)
+DEFAULT_UNARY_LENGTH_MINUS1 = 9  # NNCodec's decoder default when cabac_unary_length_flag is 0
+MAX_DIMENSIONS = 32
+MAX_CODEBOOK_SIZE = 1 << 20
+SHORT_UNIT_LIMIT = 32768
+
+
+@dataclass
+class NduHeader:
+    """Fields of one compressed data unit header (single topology element)."""
+
+    name: str
+    payload_type: PayloadType
+    dims: tuple[int, ...]
+    dq: bool = False
+    cabac_unary_length_minus1: int = 10
+    scan_order: int = 0
+    entry_points: list[tuple[int, int, int]] = field(default_factory=list)
+    codebook: list[int] | None = None
+    codebook_zero_offset: int = 0
+    codebook_egk: int = 0
+    node_id_present: bool = True
+    device_id: int = 0
+    parameter_id: int = 0
+    put_node_depth: int = 0
+    decompressed_data_format: int | None = None
+
+
+@dataclass
+class ParsedNdu:
+    header: NduHeader
+    payload: bytes
+    unit_bytes: int
+    qp_density: int | None
+    qp_base: int | None
+
+
+@dataclass
+class ParsedStream:
+    profile: int
+    qp_density: int | None
+    qp_base: int | None
+    topology_data: str | None
+    ndus: list[ParsedNdu]
+
+
+# ------------------------------------------------------------------------------------------------ writing
+def _unit(body: bytes) -> bytes:
+    if len(body) + 2 < SHORT_UNIT_LIMIT:
+        return (len(body) + 2).to_bytes(2, "big") + body
+    size = len(body) + 4
+    if size >= 1 << 31:
+        raise ValueError(f"NNR unit of {size} bytes exceeds the 31-bit unit size field")
+    return (size | (1 << 31)).to_bytes(4, "big") + body
+
+
+def _common_header(w: BitWriter, unit_type: UnitType) -> None:
+    w.u(6, int(unit_type))
+    w.u(1, 1)  # independently_decodable_flag
+    w.u(1, 0)  # partial_data_counter_present_flag
+
+
+def write_start_unit(profile: int) -> bytes:
+    w = BitWriter()
+    _common_header(w, UnitType.STR)
+    w.u(8, profile)
+    return _unit(w.tobytes())
+
+
+def write_mps(profile: int, qp_density: int, qp_base: int, topology_carriage: bool) -> bytes:
+    w = BitWriter()
+    _common_header(w, UnitType.MPS)
+    w.u(1, int(topology_carriage))
+    w.u(4, 0)  # sparsification, pruning, unification, decomposition performance map flags
+    w.u(3, 1)  # mps_quantization_method_flags = NNR_QSU
+    w.u(1, 0)  # mps_topology_indexed_reference_flag
+    w.u(7, 0)  # P1: base model id, validation set, metric type, parent signalling, reserved; P0: reserved
+    w.u(3, qp_density)
+    w.i(13, qp_base)
+    w.align()
+    return _unit(w.tobytes())
+
+
+def write_tpl(topology_data: str = "") -> bytes:
+    w = BitWriter()
+    _common_header(w, UnitType.TPL)
+    w.u(8, 0)  # NNR_TPL_UNREC
+    w.u(8, 0)  # NNR_PT_RAW (no compression)
+    w.st(topology_data)
+    return _unit(w.tobytes())
+
+
+def _write_codebook(w: BitWriter, codebook: list[int], zero_offset: int, egk: int) -> None:
+    size = len(codebook)
+    w.u(4, egk)
+    w.ue(2, size)
+    w.ie(2, zero_offset - (size >> 1))
+    w.ie(7, codebook[zero_offset])
+    for j in range(zero_offset - 1, -1, -1):
+        w.ue(egk, codebook[j + 1] - codebook[j] - 1)
+    for j in range(zero_offset + 1, size):
+        w.ue(egk, codebook[j] - codebook[j - 1] - 1)
+
+
+def codebook_bits(codebook: list[int], zero_offset: int, egk: int) -> int:
+    w = BitWriter()
+    _write_codebook(w, codebook, zero_offset, egk)
+    return w.bit_length
+
+
+def num_entry_points(dims: tuple[int, ...], scan_order: int) -> int:
+    """NumBlockRowsMinus1 of spec §2.10 (0 when the list is absent)."""
+    if len(dims) < 2 or scan_order == 0:
+        return 0
+    return ((dims[0] + (4 << scan_order) - 1) >> (2 + scan_order)) - 1
+
+
+def write_ndu(h: NduHeader, profile: int, payload: bytes) -> bytes:
+    w = BitWriter()
+    _common_header(w, UnitType.NDU)
+    w.u(5, int(h.payload_type))
+    w.u(1, 0)  # nnr_multiple_topology_elements_present_flag
+    w.u(1, int(h.decompressed_data_format is not None))
+    w.u(1, 1)  # input_parameters_present_flag
+    w.st(h.name)
+    if profile == 1:
+        w.u(1, int(h.node_id_present))
+        if h.node_id_present:
+            w.ue(1, h.device_id)
+            w.ue(5, h.parameter_id)
+            w.ue(4, h.put_node_depth)
+    if h.payload_type == PayloadType.NNR_PT_FLOAT:
+        w.u(1, int(h.codebook is not None))
+        if h.codebook is not None:
+            _write_codebook(w, h.codebook, h.codebook_zero_offset, h.codebook_egk)
+    w.u(1, int(h.dq))
+    if h.decompressed_data_format is not None:
+        w.u(7, h.decompressed_data_format)
+    w.u(1, 1)  # tensor_dimensions_flag
+    w.u(1, 1)  # cabac_unary_length_flag
+    w.u(4, 0)  # compressed_parameter_types
+    w.ue(1, len(h.dims))
+    for d in h.dims:
+        w.ue(7, d)
+    w.u(8, h.cabac_unary_length_minus1)
+    if len(h.dims) > 1:
+        if profile == 1:
+            w.ue(1, 0)  # first_tensor_dimension_shift
+        w.u(4, h.scan_order)
+        count = num_entry_points(h.dims, h.scan_order)
+        if count != len(h.entry_points):
+            raise ValueError(f"tensor {h.name!r}: {len(h.entry_points)} entry points given, {count} required")
+        previous = 0
+        for j, (delta, value8, state) in enumerate(h.entry_points):
+            w.u(8, value8)
+            if h.dq:
+                w.u(3, state)
+            if j == 0:
+                w.ue(11, delta)
+            else:
+                w.ie(7, delta - previous)
+            previous = delta
+    w.align()
+    return _unit(w.tobytes() + payload)
+
+
+# ------------------------------------------------------------------------------------------------ reading
+def _unsupported(what: str, value: object, allowed: str) -> BitstreamError:
+    return BitstreamError(f"unsupported {what} = {value} (this decoder supports {allowed})")
+
+
+def _read_mps(r: BitReader, profile: int) -> tuple[int | None, int | None, bool]:
+    topology_carriage = bool(r.u(1, "topology_carriage_flag"))
+    names = ("mps_sparsification_flag", "mps_pruning_flag", "mps_unification_flag",
+             "mps_decomposition_performance_map_flag")
+    for name in names:
+        if r.u(1, name):
+            raise _unsupported(name, 1, "0: performance maps are not supported")
+    methods = r.u(3, "mps_quantization_method_flags")
+    if r.u(1, "mps_topology_indexed_reference_flag"):
+        raise _unsupported("mps_topology_indexed_reference_flag", 1, "0 (tensors named by string)")
+    if profile == 1:
+        for name in ("base_model_id_present_flag", "validation_set_performance_present_flag",
+                     "metric_type_performance_map_valid_flag", "mps_parent_signalling_enabled_flag"):
+            if r.u(1, name):
+                raise _unsupported(name, 1, "0")
+        r.u(3, "reserved bits")
+    else:
+        r.u(7, "nnr_reserved_zero_7bits")
+    qp_density = qp_base = None
+    if methods & 3:
+        qp_density = r.u(3, "mps_qp_density")
+        qp_base = r.i(13, "mps_quantization_parameter")
+    r.align()
+    return qp_density, qp_base, topology_carriage
+
+
+def _read_lps(r: BitReader) -> tuple[int | None, int | None]:
+    r.u(1, "lps_self_contained_flag")
+    r.u(7, "nnr_reserved_zero_7bits")
+    r.u(1, "nnr_reserved_zero_1_bits")
+    for name in ("lps_sparsification_flag", "lps_pruning_flag", "lps_unification_flag"):
+        if r.u(1, name):
+            raise _unsupported(name, 1, "0: performance maps are not supported")
+    methods = r.u(3, "lps_quantization_method_flags")
+    r.u(1, "nnr_reserved_zero_1bit")
+    qp_density = qp_base = None
+    if methods & 3:
+        qp_density = r.u(3, "lps_qp_density")
+        qp_base = r.i(13, "lps_quantization_parameter")
+    r.align()
+    return qp_density, qp_base
+
+
+def _read_codebook(r: BitReader) -> tuple[list[int], int, int]:
+    egk = r.u(4, "codebook_egk")
+    size = r.ue(2, "codebook_size")
+    if not 1 <= size <= MAX_CODEBOOK_SIZE:
+        raise BitstreamError(f"codebook_size {size} outside 1..{MAX_CODEBOOK_SIZE}")
+    zero_offset = (size >> 1) + r.ie(2, "codebook_centre_offset")
+    if not 0 <= zero_offset < size:
+        raise BitstreamError(f"codebook zero offset {zero_offset} outside 0..{size - 1}")
+    values = [0] * size
+    values[zero_offset] = r.ie(7, "codebook_zero_value")
+    for j in range(zero_offset - 1, -1, -1):
+        values[j] = values[j + 1] - r.ue(egk, "codebook_delta_left") - 1
+    for j in range(zero_offset + 1, size):
+        values[j] = values[j - 1] + r.ue(egk, "codebook_delta_right") + 1
+    if values[0] < -(2**31) + 1 or values[-1] > 2**31 - 1:
+        raise BitstreamError("codebook values exceed the int32 range")
+    return values, zero_offset, egk
+
+
+def _read_ndu_header(r: BitReader, profile: int, tensor_index: int) -> NduHeader:
+    payload_type = r.u(5, "nnr_compressed_data_unit_payload_type")
+    if payload_type not in (0, 1, 2):
+        raise _unsupported("nnr_compressed_data_unit_payload_type", payload_type,
+                           "0 NNR_PT_INT, 1 NNR_PT_FLOAT, 2 NNR_PT_RAW_FLOAT")
+    if r.u(1, "nnr_multiple_topology_elements_present_flag"):
+        raise _unsupported("nnr_multiple_topology_elements_present_flag", 1, "0 (one tensor per NDU)")
+    ddf_present = r.u(1, "nnr_decompressed_data_format_present_flag")
+    if not r.u(1, "input_parameters_present_flag"):
+        raise _unsupported("input_parameters_present_flag", 0, "1 (in-band tensor dimensions)")
+    h = NduHeader(name=r.st("topology_elem_id"), payload_type=PayloadType(payload_type), dims=())
+    if profile == 1:
+        h.node_id_present = bool(r.u(1, "node_id_present_flag"))
+        if h.node_id_present:
+            h.device_id = r.ue(1, "device_id")
+            h.parameter_id = r.ue(5, "parameter_id")
+            h.put_node_depth = r.ue(4, "put_node_depth")
+    if payload_type == PayloadType.NNR_PT_FLOAT and r.u(1, "codebook_present_flag"):
+        h.codebook, h.codebook_zero_offset, h.codebook_egk = _read_codebook(r)
+    if payload_type in (PayloadType.NNR_PT_INT, PayloadType.NNR_PT_FLOAT):
+        h.dq = bool(r.u(1, "dq_flag")) and payload_type == PayloadType.NNR_PT_FLOAT
+    if ddf_present:
+        h.decompressed_data_format = r.u(7, "nnr_decompressed_data_format")
+    if not r.u(1, "tensor_dimensions_flag"):
+        raise _unsupported("tensor_dimensions_flag", 0, "1 (in-band tensor dimensions)")
+    unary_length_flag = r.u(1, "cabac_unary_length_flag")
+    cpt = r.u(4, "compressed_parameter_types")
+    if cpt:
+        raise _unsupported("compressed_parameter_types", cpt, "0 (plain tensors)")
+    count = r.ue(1, "count_tensor_dimensions")
+    if not 1 <= count <= MAX_DIMENSIONS:
+        raise BitstreamError(f"count_tensor_dimensions {count} outside 1..{MAX_DIMENSIONS}")
+    dims = tuple(r.ue(7, "tensor_dimensions") for _ in range(count))
+    if min(dims) < 1:
+        raise BitstreamError(f"tensor {h.name!r}: dimensions {dims} contain 0 (empty tensors are not coded)")
+    h.dims = dims
+    h.cabac_unary_length_minus1 = (r.u(8, "cabac_unary_length_minus1") if unary_length_flag
+                                   else DEFAULT_UNARY_LENGTH_MINUS1)
+    if count > 1:
+        if profile == 1:
+            r.ue(1, "first_tensor_dimension_shift")
+        h.scan_order = r.u(4, "scan_order")
+        if h.scan_order > 4:
+            raise _unsupported("scan_order", h.scan_order, "0..4")
+        previous = 0
+        for j in range(num_entry_points(dims, h.scan_order)):
+            value8 = r.u(8, "entry_point_value")
+            state = r.u(3, "entry_point_dq_state") if h.dq else 0
+            if j == 0:
+                delta = r.ue(11, "entry_point_offset_delta")
+            else:
+                delta = previous + r.ie(7, "entry_point_offset_delta")
+            h.entry_points.append((delta, value8, state))
+            previous = delta
+    r.align()
+    return h
+
+
+def _read_unit_size(data: bytes, pos: int) -> tuple[int, int]:
+    if pos + 2 > len(data):
+        raise BitstreamError(f"truncated NNR unit size at byte {pos}")
+    if data[pos] & 0x80:
+        if pos + 4 > len(data):
+            raise BitstreamError(f"truncated NNR unit size at byte {pos}")
+        size, field_bytes = int.from_bytes(data[pos:pos + 4], "big") & 0x7FFFFFFF, 4
+    else:
+        size, field_bytes = int.from_bytes(data[pos:pos + 2], "big"), 2
+    if size < field_bytes + 1:
+        raise BitstreamError(f"NNR unit at byte {pos} declares an impossible size {size}")
+    if pos + size > len(data):
+        raise BitstreamError(f"NNR unit at byte {pos} declares {size} bytes but only {len(data) - pos} "
+                             "remain (truncated stream)")
+    return size, field_bytes
+
+
+def parse_stream(data: bytes) -> ParsedStream:
+    """Splits a bitstream into units and parses every header (the CABAC payloads are not decoded here)."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(f"bitstream must be bytes, got {type(data).__name__}")
+    data = bytes(data)
+    if not data:
+        raise BitstreamError("empty bitstream")
+    stream = ParsedStream(profile=-1, qp_density=None, qp_base=None, topology_data=None, ndus=[])
+    qp_density = qp_base = None
+    seen_mps = False
+    pos = 0
+    while pos < len(data):
+        size, field_bytes = _read_unit_size(data, pos)
+        r = BitReader(data, pos + field_bytes, pos + size, what=f"NNR unit at byte {pos}")
+        unit_type = r.u(6, "nnr_unit_type")
+        r.u(1, "independently_decodable_flag")
+        if r.u(1, "partial_data_counter_present_flag"):
+            r.u(8, "partial_data_counter")
+        if stream.profile < 0 and unit_type != UnitType.STR:
+            raise BitstreamError("bitstream does not begin with an NNR start unit")
+        if unit_type == UnitType.STR:
+            if stream.profile >= 0:
+                raise BitstreamError("second NNR start unit in one bitstream")
+            stream.profile = r.u(8, "general_profile_idc")
+            if stream.profile not in (0, 1):
+                raise _unsupported("general_profile_idc", stream.profile, "0 and 1")
+        elif unit_type == UnitType.MPS:
+            if seen_mps:
+                raise BitstreamError("more than one model parameter set")
+            qp_density, qp_base, _ = _read_mps(r, stream.profile)
+            stream.qp_density, stream.qp_base = qp_density, qp_base
+            seen_mps = True
+        elif unit_type == UnitType.LPS:
+            lps_density, lps_base = _read_lps(r)
+            if lps_density is not None:
+                qp_density, qp_base = lps_density, lps_base
+        elif unit_type == UnitType.TPL:
+            storage = r.u(8, "topology_storage_format")
+            compression = r.u(8, "topology_compression_format")
+            if storage not in TPL_READABLE:
+                raise _unsupported("topology_storage_format", TPL_FORMATS.get(storage, storage),
+                                   "UNREC, PYT, TEF")
+            if compression != 0:
+                raise _unsupported("topology_compression_format", compression, "0 (raw)")
+            stream.topology_data = r.st("topology_data")
+        elif unit_type == UnitType.NDU:
+            if not seen_mps:
+                raise BitstreamError("compressed data unit before the model parameter set")
+            header = _read_ndu_header(r, stream.profile, len(stream.ndus))
+            start = r.byte_position
+            stream.ndus.append(ParsedNdu(header, data[start:pos + size], size, qp_density, qp_base))
+        else:
+            raise _unsupported("nnr_unit_type", unit_type, "0 start, 1 MPS, 2 LPS, 3 TPL, 5 NDU")
+        if unit_type != UnitType.NDU and r.byte_position != pos + size:
+            raise BitstreamError(f"NNR unit at byte {pos}: size field {size} does not match its content")
+        pos += size
+    if stream.profile < 0:
+        raise BitstreamError("bitstream has no NNR start unit")
+    return stream
