@@ -106,19 +106,21 @@ class TensorState:
                    w_n=magnitudes[0], w_p=magnitudes[1])
 
     # training step ------------------------------------------------------------------------------------------
-    def ternary_values(self, shadow: torch.Tensor | None = None) -> torch.Tensor:
-        """EC2T values (−w_n, 0, w_p) used in training; refreshes the snapped grid in clean mode."""
-        w_n, w_p = self.w_n.item(), self.w_p.item()
+    def ternary_values(self) -> torch.Tensor:
+        """EC2T values (−w_n, 0, w_p) of the last :meth:`requantize` (clean: the snapped grid's values)."""
         if self.mode == "faithful":
-            return ternary_values(w_n, w_p, None).to(self.w_n.device)
-        floor = 0.0 if shadow is None else magnitude_floor(shadow)
-        self.grid = ternary_grid(w_n, w_p, self.grid.qp, self.grid.qp_density, self.grid.step, floor)
+            return ternary_values(self.w_n.item(), self.w_p.item(), None).to(self.w_n.device)
         return self.grid.values(self.w_n.device)
+
+    def _refresh_ternary_grid(self, shadow: torch.Tensor) -> None:
+        self.grid = ternary_grid(self.w_n.item(), self.w_p.item(), self.grid.qp, self.grid.qp_density,
+                                 self.grid.step, magnitude_floor(shadow))
 
     def requantize(self, shadow: torch.Tensor) -> torch.Tensor:
         """Re-assign from the shadow weights; returns the quantized tensor (shadow's shape, dtype, device)."""
         if self.method == "ec2t":
-            values = self.ternary_values(shadow)
+            self._refresh_ternary_grid(shadow)
+            values = self.ternary_values()
             if self.phase == "assign" or self.indices is None:
                 result = ec2t_assign(shadow, values, self.lam, self.decay, self.mode)
                 self._record(result)
@@ -180,9 +182,7 @@ class TensorState:
         if self.method != "ec2t":
             return export_levels(levels_of_indices(self.indices, self.grid), self.grid)
         trained = self.ternary_values()[self.indices]
-        grid = self.grid if self.mode == "clean" else ternary_grid(
-            self.w_n.item(), self.w_p.item(), self.grid.qp, self.grid.qp_density, self.grid.step)
-        return export_levels(levels_of_indices(self.indices, grid), grid, trained_values=trained)
+        return export_levels(levels_of_indices(self.indices, self.grid), self.grid, trained_values=trained)
 
     def state_dict(self) -> dict:
         """Plain tensors and Python scalars only (fits a Lightning checkpoint)."""
