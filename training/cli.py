@@ -52,6 +52,11 @@ class EcqxCLI(LightningCLI):
     def subcommands() -> dict[str, set[str]]:
         return {name: spec for name, spec in LightningCLI.subcommands().items() if name in LIGHTNING_COMMANDS}
 
+    def parse_arguments(self, parser, args) -> None:
+        # main() always passes the arguments (the command line plus the embedded default), so Lightning's
+        # warning about receiving both `args` and a command line does not apply here.
+        self.config = parser.parse_args(args)
+
     def after_fit(self) -> None:
         _print_summary(self.trainer.callback_metrics)
 
