@@ -276,3 +276,58 @@ def encode_payload(
     enc.encodeLayer(arr, int(dq), effective_scan, int(profile), 0, row_skip, zero_rows, *HDSP_OPTS_OFF(),
                     0, 0)
     return bytes(enc.finish().tobytes())
+
+
+_ISOLATED_WORKER = r"""
+import sys, pickle
+import numpy as np
+sys.path.insert(0, sys.argv[1])
+import nncodec_oracle as O
+streams, expected, start = pickle.load(open(sys.argv[2], "rb"))
+with open(sys.argv[3], "a") as log:
+    for i in range(start, len(streams)):
+        try:
+            got = O.decode_levels(streams[i])
+            same = set(got) == set(expected)
+            same = same and all(np.array_equal(got[k].levels, v) for k, v in expected.items())
+            status = "same" if same else "different"
+        except (Exception, SystemExit):
+            status = "error"
+        log.write(f"{i} {status}\n")
+        log.flush()
+"""
+
+
+def decode_isolated(streams: list[bytes], expected: dict[str, np.ndarray],
+                    timeout: float = 300.0) -> list[str]:
+    """NNCodec's decoder on possibly corrupt streams, in a child process (NNCodec itself can crash on them).
+
+    Returns one status per stream: "same" (decoded to ``expected`` integers), "different", "error" (a Python
+    exception) or "crash" (the process died; the worker restarts after the crashing stream).
+    """
+    import os
+    import pickle
+    import subprocess
+    import sys
+    import tempfile
+
+    statuses: dict[int, str] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        log_path = os.path.join(tmp, "log.txt")
+        start = 0
+        while start < len(streams):
+            job = os.path.join(tmp, "job.pkl")
+            with open(job, "wb") as f:
+                pickle.dump((streams, expected, start), f)
+            proc = subprocess.run([sys.executable, "-c", _ISOLATED_WORKER, os.path.dirname(__file__), job,
+                                   log_path], capture_output=True, timeout=timeout)
+            with open(log_path) as f:
+                for line in f:
+                    idx, status = line.split()
+                    statuses[int(idx)] = status
+            done = max(statuses, default=-1) + 1
+            if proc.returncode == 0 and done >= len(streams):
+                break
+            statuses[done] = "crash"
+            start = done + 1
+    return [statuses[i] for i in range(len(streams))]
