@@ -87,10 +87,15 @@ def test_pretrained_cifar_resnets_load_strictly(shared_dir, depth):
     )
 
 
-def test_ecqx_reference_resnet20_loads_strictly(shared_dir):
+def test_ecqx_reference_resnet20_loads_strictly_and_equals_the_akamaster_weights(shared_dir):
     path = shared_dir / "models" / "resnet20.pt"
     model = load_pretrained(resnet20(), path)
     assert torch.equal(model.conv1.weight, torch.load(path, map_location="cpu")["conv1.weight"])
+    # the recipes rely on this: both pretrained ResNet-20 files hold the same parameters and statistics
+    other = load_pretrained(resnet20(), shared_dir / "data" / "resnet-cifar10-pretrained" / PRETRAINED[20][0])
+    for name, tensor in other.state_dict().items():
+        if not name.endswith("num_batches_tracked"):  # absent from the older akamaster file
+            assert torch.equal(model.state_dict()[name], tensor), name
 
 
 def test_load_pretrained_strips_lightning_prefix_and_nesting(tmp_path):

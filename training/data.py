@@ -74,7 +74,6 @@ class ClassificationDataModule(pl.LightningDataModule):
         num_workers: DataLoader worker processes.
     """
 
-    num_classes = 10
     has_official_test_split = True
 
     def __init__(
@@ -348,12 +347,11 @@ class CIFAR10JPEGDataModule(ClassificationDataModule):
 
     def read_split(self, split: str) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
         archive = self._load_archive()
-        buffer = archive[f"{split}_jpeg"].tobytes()
-        offsets = archive[f"{split}_offsets"]
+        jpeg_bytes, offsets = archive[f"{split}_jpeg"], archive[f"{split}_offsets"]
         labels = torch.from_numpy(archive[f"{split}_labels"].astype(np.int64))
 
         def images_at(indices: torch.Tensor) -> torch.Tensor:
-            return _decode_jpegs(buffer, offsets, indices.tolist())
+            return _decode_jpegs(jpeg_bytes, offsets, indices.tolist())
 
         return labels, images_at
 
@@ -438,12 +436,12 @@ def _load_digits(root: str | None, file_name: str) -> tuple[torch.Tensor, torch.
     return images, torch.from_numpy(labels.astype(np.int64))
 
 
-def _decode_jpegs(buffer: bytes, offsets: np.ndarray, indices: list[int]) -> torch.Tensor:
+def _decode_jpegs(jpeg_bytes: np.ndarray, offsets: np.ndarray, indices: list[int]) -> torch.Tensor:
     from PIL import Image
 
     images = np.empty((len(indices), 32, 32, 3), dtype=np.uint8)
     for row, i in enumerate(indices):
-        with Image.open(io.BytesIO(buffer[offsets[i] : offsets[i + 1]])) as image:
+        with Image.open(io.BytesIO(jpeg_bytes[offsets[i] : offsets[i + 1]].tobytes())) as image:
             images[row] = np.asarray(image.convert("RGB"))
     return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
 
