@@ -188,5 +188,5 @@ def build_corpus(seeds: list[bytes], seed: int = 20261125, *, flips_per_seed: in
         corpus += [(f"{tag}-{label}", d) for label, d in bit_flips(data, rng, flips_per_seed // 3, 8)]
         corpus += [(f"{tag}-{label}", d) for label, d in byte_edits(data, rng, edits_per_seed)]
     corpus += list(random_streams(rng, randoms))
-    corpus += list(crafted_streams(rng))
+    corpus += [(f"crafted-{label}", d) for label, d in crafted_streams(rng)]
     return corpus
