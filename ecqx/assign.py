@@ -64,13 +64,35 @@ def _chunks(n: int, chunk_size: int):
 
 def nearest_indices(weights: torch.Tensor, centroids: torch.Tensor,
                     chunk_size: int = DEFAULT_CHUNK) -> torch.Tensor:
-    """Index of the nearest centroid for every weight (flattened; first index on ties)."""
+    """Index of the nearest centroid for every weight (flattened; first index on ties).
+
+    Same result as ``argmin_k (w − c_k)²`` in float32; for equally spaced centroids it only compares the two
+    centroids around w/Δ (O(N) instead of O(N·K)).
+    """
     w = weights.detach().flatten().to(torch.float32)
     c = centroids.to(device=w.device, dtype=torch.float32)
+    if _equally_spaced(c):
+        return _nearest_on_uniform_grid(w, c)
     out = torch.empty(w.numel(), dtype=torch.int64, device=w.device)
     for part in _chunks(w.numel(), chunk_size):
         out[part] = (w[part].unsqueeze(0) - c.unsqueeze(1)).square().argmin(dim=0)
     return out
+
+
+def _equally_spaced(c: torch.Tensor) -> bool:
+    if c.numel() < 3:
+        return False
+    gaps = c[1:].double() - c[:-1].double()
+    return bool(torch.allclose(gaps, gaps[0].expand_as(gaps), rtol=1e-6, atol=0.0)) and gaps[0].item() > 0
+
+
+def _nearest_on_uniform_grid(w: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    # the float estimate of floor((w − c_0)/Δ) can be off by one only next to an integer, where the
+    # nearest centroid is then still one of the two compared candidates
+    inverse_step = (c.numel() - 1) / (c[-1].double() - c[0].double()).item()
+    low = ((w - c[0]) * inverse_step).floor_().clamp_(0, c.numel() - 2).to(torch.int64)
+    take_high = (w - c.index_select(0, low + 1)).square_() < (w - c.index_select(0, low)).square_()
+    return low.add_(take_high)
 
 
 def _segment_min(cost: torch.Tensor, offset: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -89,7 +111,8 @@ def _summarise_costs(w: torch.Tensor, centroids: torch.Tensor, penalty: torch.Te
     below_index = torch.empty(n, dtype=torch.int64, device=w.device)
     above_index = torch.empty_like(below_index)
     for part in _chunks(n, chunk_size):
-        cost = (w[part].unsqueeze(0) - centroids.unsqueeze(1)).square() + penalty.unsqueeze(1)
+        cost = w[part].unsqueeze(0) - centroids.unsqueeze(1)
+        cost.square_().add_(penalty.unsqueeze(1))
         zero_cost[part] = cost[zero_index]
         below_cost[part], below_index[part] = _segment_min(cost[:zero_index], 0)
         above_cost[part], above_index[part] = _segment_min(cost[zero_index + 1:], zero_index + 1)
@@ -116,21 +139,25 @@ def _normalised_relevance(relevance: torch.Tensor) -> torch.Tensor | None:
     return magnitude / (magnitude.max() + RELEVANCE_EPS)
 
 
+def _zero_cost_with_relevance(s: _CostSummary, log_r: torch.Tensor, beta: float) -> torch.Tensor:
+    return s.zero_cost * (2.0 * torch.exp(beta * log_r))
+
+
 def _beta_search(s: _CostSummary, r: torch.Tensor, zero_index: int, s_ecq: float, p: float):
     """The reference's β search (spec §3.5): first β with sparsity in [s_ECQ − p, s_ECQ], ≤ 51 trials."""
     beta = math.log(0.5) / math.log(r.double().mean().item())
     log_r = torch.log(r + RELEVANCE_EPS)
-    indices = None
+    threshold_below = s.below_cost  # zero wins against the clusters below only when strictly cheaper
     for iteration in range(BETA_EVALUATIONS):
-        factor = 2.0 * torch.exp(beta * log_r)
-        indices = _argmin_with_zero_cost(s, s.zero_cost * factor, zero_index)
-        s_x = _zero_fraction(indices, zero_index)
-        if s_ecq - p <= s_x <= s_ecq:
+        zero_cost = _zero_cost_with_relevance(s, log_r, beta)
+        is_zero = (zero_cost < threshold_below) & (zero_cost <= s.above_cost)
+        s_x = is_zero.sum().item() / is_zero.numel()
+        if s_ecq - p <= s_x <= s_ecq or iteration == BETA_EVALUATIONS - 1:
             break
         step = 0.1 if iteration < 20 else 0.5 if iteration < 40 else 0.75
         direction = (s_ecq > s_x) - (s_ecq < s_x)
         beta = min(1.0, beta * (1.0 + step * direction))
-    return indices, beta
+    return _argmin_with_zero_cost(s, _zero_cost_with_relevance(s, log_r, beta), zero_index), beta
 
 
 def _entropy_penalty(w: torch.Tensor, centroids: torch.Tensor, zero_index: int, lam: float, decay: float,

@@ -103,3 +103,15 @@ def test_bad_inputs(weights):
         ec_assign(weights, torch.tensor([-1.0, 0.5, 1.0]), 1, 0.1)
     with pytest.raises(ValueError, match="chunk_size"):
         assign(weights, grid, 0.1, chunk_size=0)
+
+
+@pytest.mark.parametrize("mode", ["clean", "faithful"])
+def test_uniform_nearest_shortcut_equals_full_argmin(weights, mode):
+    grid = uniform_grid(weights, 4, mode)
+    values = grid.values()
+    step = grid.step
+    midpoints = (torch.arange(-9, 9, dtype=torch.float64) + 0.5) * step
+    probes = torch.cat([weights.flatten(), midpoints.float(), torch.tensor([-50 * step, 50 * step]),
+                        values, torch.nextafter(values, torch.full_like(values, 1e9))])
+    brute = (probes[None, :] - values[:, None]).square().argmin(dim=0)
+    assert torch.equal(nearest_indices(probes, values), brute)
