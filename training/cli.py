@@ -121,7 +121,7 @@ def build_tool_parser() -> argparse.ArgumentParser:
     compress.add_argument("model", help="state_dict file (torch.save; a checkpoint dict works too)")
     compress.add_argument("-o", "--output", help="output .nnc file (default: MODEL with suffix .nnc)")
     compress.add_argument("--method", choices=("ecq", "ec2t"), default="ecq", help="quantizer (default: ecq)")
-    compress.add_argument("--bits", type=int, default=4, help="grid bit width (default: 4)")
+    compress.add_argument("--bits", type=int, default=4, help="ecq grid bit width (default: 4)")
     compress.add_argument("--lam", type=float, default=0.05, help="entropy constraint λ (default: 0.05)")
     compress.add_argument(
         "--mode", choices=("clean", "faithful"), default="clean", help="quantizer variant (default: clean)"
@@ -175,10 +175,11 @@ def _compress(args: argparse.Namespace) -> None:
     _write_bytes(output, data)
     float_bytes = sum(4 * t.numel() for t in state_dict.values() if t.is_floating_point())
     zeros, total = _zero_count(quantized)
+    grid = "ternary" if args.method == "ec2t" else f"{args.bits} bit"
     print(
         f"{output}: {len(data)} bytes ({float_bytes / max(len(data), 1):.1f}x smaller than float32 "
         f"{float_bytes} bytes); {len(quantized)} of {len(state_dict)} tensors quantized "
-        f"({args.method}, {args.bits} bit, λ={args.lam}), {zeros / max(total, 1):.1%} zeros"
+        f"({args.method}, {grid}, λ={args.lam}), {zeros / max(total, 1):.1%} zeros"
     )
 
 
