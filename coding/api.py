@@ -355,6 +355,8 @@ def _decode_ndu(ndu: hls.ParsedNdu, profile: int, max_elements: int) -> DecodedT
 def decode_levels(data: bytes, *, max_elements: int = DEFAULT_MAX_ELEMENTS) -> dict[str, DecodedTensor]:
     """Decodes a bitstream to integer levels and parameters (one DecodedTensor per NDU, stream order)."""
     stream = hls.parse_stream(data)
+    if not stream.ndus:
+        raise BitstreamError("bitstream contains no compressed data units (no tensors; truncated?)")
     out: dict[str, DecodedTensor] = {}
     for ndu in stream.ndus:
         if ndu.header.name in out:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -31,10 +32,18 @@ _module: ModuleType | None = None
 
 
 def build_directory() -> Path:
-    """The cache folder of the extension: torch's extension root (honours TORCH_EXTENSIONS_DIR)."""
+    """Cache folder of the extension, laid out like torch's own: $TORCH_EXTENSIONS_DIR, else torch's default
+    root with a python/accelerator sub-folder; one folder per torch version (binary compatibility)."""
+    import torch
     from torch.utils.cpp_extension import get_default_build_root
 
-    return Path(get_default_build_root()) / EXTENSION_NAME
+    root = os.environ.get("TORCH_EXTENSIONS_DIR")
+    if root is None:
+        accelerator = f"cu{torch.version.cuda.replace('.', '')}" if torch.version.cuda else "cpu"
+        python = f"py{sys.version_info.major}{sys.version_info.minor}{getattr(sys, 'abiflags', '')}"
+        root = os.path.join(get_default_build_root(), f"{python}_{accelerator}")
+    torch_version = "".join(c if c.isalnum() else "_" for c in torch.__version__)
+    return Path(root) / f"{EXTENSION_NAME}_torch{torch_version}"
 
 
 def _check_compiler() -> None:

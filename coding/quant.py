@@ -15,6 +15,8 @@ INT32_MAX = 2**31 - 1
 # Largest |round(w / step)| NNCodec accepts before it falls back to a coarser qp (spec §12.5).
 URQ_LIMIT = (-(2**31), 2**31 - 1)
 TCQ_LIMIT = (-(2**31 - 2), 2**31 - 3)
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+FLOAT32_TINY = 2.0**-149
 
 
 def _check_qp_density(qp_density: int) -> int:
@@ -38,11 +40,10 @@ def step_size(qp: int, qp_density: int = 2) -> float:
     k = 1 << qp_density
     mul = k + (qp & (k - 1))
     shift = qp >> qp_density
-    try:
-        value = np.float32(math.ldexp(mul, shift - qp_density))
-    except OverflowError:
-        value = np.float32(np.inf)
-    if not np.isfinite(value) or value == 0:
+    exponent = shift - qp_density
+    exact = math.ldexp(mul, exponent) if -200 < exponent < 200 else 0.0
+    value = np.float32(exact) if FLOAT32_TINY <= exact <= FLOAT32_MAX else np.float32(0)
+    if value == 0:
         raise ValueError(f"qp {qp} with qp_density {qp_density} gives no finite non-zero float32 step size")
     return float(value)
 

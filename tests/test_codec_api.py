@@ -1,0 +1,195 @@
+"""Public codec API: HLS fields, inspect table, clear errors for bad input, loader errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from golden_vectors import GOLDEN
+
+from ecqx.coding import (
+    BitstreamError,
+    CodedTensor,
+    NativeBuildError,
+    decode,
+    decode_levels,
+    encode,
+    format_table,
+    inspect_stream,
+    quantize_tensor,
+    snap_step,
+    step_size,
+)
+from ecqx.coding import native as native_mod
+from ecqx.coding.hls import PayloadType, parse_stream
+
+
+def _w():
+    return CodedTensor(torch.tensor([[1, 0, 0, -2], [0, 0, 0, 0], [3, -1, 0, 14]], dtype=torch.int32), -16)
+
+
+def test_hls_fields_of_nncodec_default_stream():
+    v2 = next(v for v in GOLDEN if v.name == "V2")
+    s = parse_stream(v2.data)
+    assert (s.profile, s.qp_density, s.qp_base, s.topology_data) == (1, 2, 0, "")
+    h = s.ndus[0].header
+    assert (h.name, h.payload_type, h.dims, h.dq) == ("w", PayloadType.NNR_PT_FLOAT, (3, 4), False)
+    assert (h.cabac_unary_length_minus1, h.scan_order, h.entry_points, h.codebook) == (10, 0, [], None)
+    assert (h.node_id_present, h.device_id, h.parameter_id, h.put_node_depth) == (True, 0, 0, 0)
+    assert s.ndus[0].unit_bytes == 0x18
+
+
+def test_hls_fields_written():
+    t = {"a": torch.tensor([1, 2]), "b": CodedTensor(torch.zeros(9, 9, dtype=torch.int32), -8, dq=True)}
+    s = parse_stream(encode(t, scan_order=1, cabac_unary_length_minus1=3))
+    a, b = (n.header for n in s.ndus)
+    assert a.payload_type == PayloadType.NNR_PT_INT and a.parameter_id == 0 and a.dims == (2,)
+    assert b.payload_type == PayloadType.NNR_PT_FLOAT and b.parameter_id == 1 and b.dq
+    assert (b.scan_order, b.cabac_unary_length_minus1, len(b.entry_points)) == (1, 3, 1)
+
+
+def test_scan_order_zero_written_for_degenerate_shapes():
+    ones = torch.ones(40, dtype=torch.int32)
+    s = parse_stream(encode({"r": ones.reshape(1, 40), "c": ones.reshape(40, 1)}, scan_order=2))
+    assert [n.header.scan_order for n in s.ndus] == [0, 0]
+
+
+def test_inspect_rows_and_table():
+    rows = inspect_stream(encode({"w": _w(), "i": torch.tensor([5, 0, 0, 1])}))
+    assert [r["name"] for r in rows] == ["w", "i"]
+    w = rows[0]
+    assert (w["shape"], w["dtype"], w["payload_type"], w["qp"], w["step"], w["dq"]) == (
+        (3, 4), "float32", "NNR_PT_FLOAT", -16, 0.0625, False)
+    assert w["zero_fraction"] == pytest.approx(7 / 12)
+    assert w["bits_per_value"] == pytest.approx(8 * w["unit_bytes"] / 12)
+    assert rows[1]["qp"] is None and rows[1]["dtype"] == "int32"
+    table = format_table(rows)
+    assert "NNR_PT_FLOAT" in table and "total" in table and "0.0625" in table
+
+
+def test_snap_step():
+    assert snap_step(0.0625) == (-16, 0.0625)
+    qp, step = snap_step(0.07)
+    assert step == step_size(qp) and abs(step - 0.07) <= abs(step_size(qp + 1) - 0.07)
+    assert snap_step(0.0625, qp_density=0) == (-4, 0.0625)
+
+
+def test_coded_tensor_value_is_float32_product():
+    t = _w()
+    assert t.step == 0.0625
+    assert torch.equal(t.dequantize(), t.levels.float() * 0.0625)
+
+
+def test_numpy_and_int64_inputs_are_accepted():
+    n = np.array([[1, -2], [3, 4]], dtype=np.int16)
+    out = decode(encode({"n": n, "t": torch.tensor([7], dtype=torch.int64)}))
+    assert out["n"].tolist() == [[1, -2], [3, 4]] and out["t"].tolist() == [7]
+
+
+def test_non_contiguous_and_non_int32_are_copied():
+    base = torch.arange(24, dtype=torch.int64).reshape(4, 6)
+    t = base.t()
+    assert torch.equal(decode(encode({"t": t}))["t"], t.to(torch.int32))
+
+
+@pytest.mark.parametrize("bad,match", [
+    ({"w": torch.ones(3)}, "float tensor without levels"),
+    ({"w": CodedTensor(torch.ones(3), -8)}, "integer dtype"),
+    ({"w": torch.tensor([2**31], dtype=torch.int64)}, "exceed the codable range"),
+    ({"w": torch.tensor([-2**31], dtype=torch.int32)}, "-2147483648"),
+    ({"w": torch.zeros(0, dtype=torch.int32)}, "empty"),
+    ({"w": CodedTensor(torch.ones(3, dtype=torch.int32), -8, qp_density=9)}, "qp_density"),
+    ({"w": CodedTensor(torch.ones(3, dtype=torch.int32), 1.5)}, "qp must be an int"),
+    ({"w": CodedTensor(torch.ones(3, dtype=torch.int32), -8, codebook=torch.tensor([2, 1]))}, "increasing"),
+    ({"w": CodedTensor(torch.ones(3, dtype=torch.int32), -8, codebook=torch.tensor([0, 2]))}, "not an entry"),
+    ({"w": CodedTensor(torch.ones(3, dtype=torch.int32), -8, codebook=torch.tensor([1]), dq=True)}, "dq"),
+    ({"w": "text"}, "expected a quantized tensor description"),
+    ({3: torch.ones(2, dtype=torch.int32)}, "names must be str"),
+    ({}, "empty"),
+])
+def test_encode_rejects_bad_input(bad, match):
+    with pytest.raises((TypeError, ValueError), match=match):
+        encode(bad)
+
+
+@pytest.mark.parametrize("option,value,match", [
+    ("profile", 2, "profile"), ("scan_order", 5, "scan_order"), ("cabac_unary_length_minus1", 256, "unary"),
+])
+def test_encode_rejects_bad_options(option, value, match):
+    with pytest.raises(ValueError, match=match):
+        encode({"w": _w()}, **{option: value})
+
+
+def test_encode_rejects_qp_out_of_step_range():
+    with pytest.raises(ValueError, match="step size"):
+        encode({"w": CodedTensor(torch.ones(3, dtype=torch.int32), 4000)})
+
+
+def test_quantize_tensor_rejects_bad_input():
+    with pytest.raises(TypeError, match="floating-point"):
+        quantize_tensor(torch.ones(3, dtype=torch.int32), -8)
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        quantize_tensor(torch.tensor([1.0, float("nan")]), -8)
+    with pytest.raises(ValueError, match="scan_order"):
+        quantize_tensor(torch.ones(3), -8, scan_order=7)
+
+
+@pytest.mark.parametrize("data,match", [
+    (b"", "empty"),
+    (b"\x00", "truncated"),
+    (b"\x00\x04\x02\x05", "general_profile_idc"),
+    (b"\x00\x08\x06\x81\x00\x40\x00\x80", "start unit"),
+    (b"\x00\x04\x02\x01\x00\x04\x02\x01", "second NNR start unit"),
+    (b"\x00\x04\x02\x01\x00\x03\x12", "NDU|truncated|model parameter set"),
+    (b"\x00\x04\x02\x01\x7f\xff\x00", "truncated"),
+    (b"\x00\x04\x02\x01\x00\x03\x1a", "nnr_unit_type"),
+])
+def test_decode_rejects_malformed_streams(data, match):
+    with pytest.raises(BitstreamError, match=match):
+        decode(data)
+
+
+def test_bitstream_error_is_value_error():
+    assert issubclass(BitstreamError, ValueError)
+    with pytest.raises(ValueError):
+        decode(b"garbage!")
+
+
+def test_decode_rejects_oversized_dimensions():
+    data = bytearray(encode({"w": torch.arange(12, dtype=torch.int32).reshape(3, 4)}, profile=0))
+    s = parse_stream(bytes(data))
+    assert s.ndus[0].header.dims == (3, 4)
+    # rewrite the NDU with a huge first dimension but the same tiny payload
+    from ecqx.coding.hls import NduHeader, write_ndu
+
+    h = s.ndus[0].header
+    huge = NduHeader(name=h.name, payload_type=h.payload_type, dims=(10**9, 4))
+    prefix = data[: len(data) - s.ndus[0].unit_bytes]
+    forged = bytes(prefix) + write_ndu(huge, 0, s.ndus[0].payload)
+    with pytest.raises(BitstreamError, match="exceed the decoder limit|cannot be described"):
+        decode(forged)
+    with pytest.raises(BitstreamError, match="decoder limit"):
+        decode_levels(encode({"w": torch.zeros(64, 64, dtype=torch.int32)}), max_elements=1000)
+
+
+def test_missing_compiler_is_actionable(monkeypatch):
+    monkeypatch.setenv("CXX", "no-such-compiler-ecqx")
+    with pytest.raises(NativeBuildError, match="no C\\+\\+ compiler found.*CXX"):
+        native_mod._check_compiler()
+
+
+def test_stale_lock_is_actionable(monkeypatch, tmp_path):
+    monkeypatch.setattr(native_mod, "_torch_uses_lock_file", lambda: True)
+    (tmp_path / "lock").write_text("")
+    with pytest.raises(NativeBuildError, match=f"stale build lock {tmp_path / 'lock'}.*delete that file"):
+        with native_mod._build_guard(tmp_path):
+            pass
+    (tmp_path / "lock").unlink()
+    with native_mod._build_guard(tmp_path):
+        pass
+
+
+def test_build_directory_honours_torch_extensions_dir(monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    assert native_mod.build_directory().parent == tmp_path
+    assert native_mod.build_directory().name.startswith(native_mod.EXTENSION_NAME)
