@@ -328,3 +328,34 @@ def test_dq_level_minus_two_to_31_matches_nncodec(codec, oracle):
     _assert_same_values(codec.decode(theirs)["t"], oracle.decode_values(theirs)["t"])
     again = codec.encode({"t": _description(codec, ours, -20, dq=1)}, row_skipping=False)
     assert again.hex() == oracle.encode_levels({"t": ours}, {"t": -20}, {"t": 1}).hex()
+
+
+# ----------------------------------------------------------------------------------------------- quantizer
+_QUANT_CASES = [((50,), 0, -32, 2), ((13, 17), 1, -40, 2), ((40, 30), 2, -12, 2), ((6, 3, 3, 3), 0, -80, 4),
+                ((70, 9), 3, -2, 0), ((33, 17), 4, -25, 2)]
+
+
+@pytest.mark.parametrize("shape,scan_order,qp,qp_density", _QUANT_CASES,
+                         ids=lambda v: str(v).replace(" ", ""))
+@pytest.mark.parametrize("dq", [False, True])
+def test_quantizer_matches_nncodec(codec, oracle, shape, scan_order, qp, qp_density, dq):
+    rs = _rng("quant", shape, qp, dq)
+    x = (rs.randn(*shape) * rs.choice([0.01, 0.1, 1.0, 30.0])).astype(np.float32)
+    x.flat[::7] = np.float32(0.5 * oracle.step_size(qp, qp_density))  # exact rounding ties
+    res = oracle.quantize_encode({"t": x}, qp=qp, qp_density=qp_density, dq=dq, scan_order=scan_order)
+    ours = codec.quantize_tensor(torch.from_numpy(x), qp, qp_density, dq=dq, scan_order=scan_order)
+    assert ours.qp == res.qps["t"]
+    np.testing.assert_array_equal(_as_array(ours.levels), res.encoder_levels["t"])
+    expected = oracle.reconstruct(res.encoder_levels["t"], ours.qp, qp_density)
+    np.testing.assert_array_equal(_as_array(ours.dequantize()), expected)
+
+
+@pytest.mark.parametrize("dq", [False, True])
+def test_quantizer_overflow_fallback_matches_nncodec(codec, oracle, dq):
+    x = _sample(_rng("overflow", dq), (12, 10), "gauss")
+    x[2, 3] = 3.0e7  # round(x / Δ(-60)) exceeds int32: NNCodec raises qp (spec §12.5)
+    res = oracle.quantize_encode({"t": x}, qp=-60, dq=dq)
+    assert res.qps["t"] != -60
+    ours = codec.quantize_tensor(torch.from_numpy(x), -60, dq=dq)
+    assert ours.qp == res.qps["t"]
+    np.testing.assert_array_equal(_as_array(ours.levels), res.encoder_levels["t"])
