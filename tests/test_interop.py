@@ -359,3 +359,30 @@ def test_quantizer_overflow_fallback_matches_nncodec(codec, oracle, dq):
     ours = codec.quantize_tensor(torch.from_numpy(x), -60, dq=dq)
     assert ours.qp == res.qps["t"]
     np.testing.assert_array_equal(_as_array(ours.levels), res.encoder_levels["t"])
+
+
+# ------------------------------------------------------------------------------------------ state_dicts
+def test_state_dict_stream_decodes_in_nncodec(codec, oracle):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.Flatten(),
+                                torch.nn.Linear(8 * 4 * 4, 10))
+    model(torch.randn(4, 3, 6, 6))  # BN running stats and num_batches_tracked become non-trivial
+    state = model.state_dict()
+    quantized = {name: codec.quantize_tensor(state[name], -28, dq=dq)
+                 for name, dq in (("0.weight", True), ("3.weight", False))}
+    data = codec.encode_state_dict(state, quantized=quantized)
+    theirs = oracle.decode_values(data)
+    ours = codec.decode_state_dict(data)
+    assert set(ours) == set(state)
+    for name, tensor in state.items():
+        assert ours[name].dtype == tensor.dtype and ours[name].shape == tensor.shape, name
+        their = torch.from_numpy(np.asarray(theirs[name])).reshape(tensor.shape)
+        if name in quantized:
+            expected = quantized[name].dequantize()
+            assert torch.equal(ours[name], expected) and torch.equal(their, expected), name
+        elif tensor.is_floating_point():
+            assert torch.equal(their.to(tensor.dtype), ours[name]), name
+            torch.testing.assert_close(ours[name], tensor, rtol=0, atol=1e-5)  # fine nonweight qp −75
+        else:
+            assert torch.equal(their.to(tensor.dtype), tensor), name
+    model.load_state_dict(ours, strict=True)
