@@ -143,16 +143,27 @@ def _zero_cost_with_relevance(s: _CostSummary, log_r: torch.Tensor, beta: float)
     return s.zero_cost * (2.0 * torch.exp(beta * log_r))
 
 
+def _exact_zero_fraction(s: _CostSummary, log_r: torch.Tensor, beta: float) -> float:
+    zero_cost = _zero_cost_with_relevance(s, log_r, beta)
+    is_zero = (zero_cost < s.below_cost) & (zero_cost <= s.above_cost)
+    return is_zero.sum().item() / is_zero.numel()
+
+
 def _beta_search(s: _CostSummary, r: torch.Tensor, zero_index: int, s_ecq: float, p: float):
-    """The reference's β search (spec §3.5): first β with sparsity in [s_ECQ − p, s_ECQ], ≤ 51 trials."""
+    """The reference's β search (spec §3.5): first β with sparsity in [s_ECQ − p, s_ECQ], ≤ 51 trials.
+
+    Trials count zeros in the log domain (zero wins iff β·ln r < ln(min(other costs) / (2·zero cost)), three
+    cheap ops per trial); an admissible trial is confirmed with the exact cost comparison before it is kept.
+    """
     beta = math.log(0.5) / math.log(r.double().mean().item())
     log_r = torch.log(r + RELEVANCE_EPS)
-    threshold_below = s.below_cost  # zero wins against the clusters below only when strictly cheaper
+    log_room = torch.log(torch.minimum(s.below_cost, s.above_cost) / (2.0 * s.zero_cost))
+    admissible = lambda fraction: s_ecq - p <= fraction <= s_ecq  # noqa: E731
     for iteration in range(BETA_EVALUATIONS):
-        zero_cost = _zero_cost_with_relevance(s, log_r, beta)
-        is_zero = (zero_cost < threshold_below) & (zero_cost <= s.above_cost)
-        s_x = is_zero.sum().item() / is_zero.numel()
-        if s_ecq - p <= s_x <= s_ecq or iteration == BETA_EVALUATIONS - 1:
+        s_x = (beta * log_r < log_room).sum().item() / log_r.numel()
+        if admissible(s_x):
+            s_x = _exact_zero_fraction(s, log_r, beta)
+        if admissible(s_x) or iteration == BETA_EVALUATIONS - 1:
             break
         step = 0.1 if iteration < 20 else 0.5 if iteration < 40 else 0.75
         direction = (s_ecq > s_x) - (s_ecq < s_x)
