@@ -71,8 +71,12 @@ class _Item:
 
 
 # ------------------------------------------------------------------------------------------------ inputs
-def _int32_levels(name: str, value: object) -> torch.Tensor:
-    """Integer torch/numpy data as an int32 CPU contiguous tensor (explicit copy when needed)."""
+def _int32_levels(name: str, value: object, dq: bool = False) -> torch.Tensor:
+    """Integer torch/numpy data as an int32 CPU contiguous tensor (explicit copy when needed).
+
+    -2^31 is only codable as a DQ reconstruction index (the coded level is r / 2); plain levels exclude it.
+    """
+    lowest = -(2**31) if dq else INT32_RANGE[0]
     if isinstance(value, np.ndarray):
         if not (np.issubdtype(value.dtype, np.integer) or value.dtype == np.bool_):
             raise TypeError(f"tensor {name!r}: levels must be integers, got numpy dtype {value.dtype}")
@@ -88,11 +92,11 @@ def _int32_levels(name: str, value: object) -> torch.Tensor:
     if t.dtype != torch.int32:
         wide = t.to(torch.int64)
         lo, hi = int(wide.min()), int(wide.max())
-        if lo < INT32_RANGE[0] or hi > INT32_RANGE[1]:
+        if lo < lowest or hi > INT32_RANGE[1]:
             raise ValueError(f"tensor {name!r}: values {lo}..{hi} exceed the codable range "
-                             f"{INT32_RANGE[0]}..{INT32_RANGE[1]}")
+                             f"{lowest}..{INT32_RANGE[1]}")
         t = wide.to(torch.int32)
-    elif t.numel() and int(t.min()) < INT32_RANGE[0]:
+    elif int(t.min()) < lowest:
         raise ValueError(f"tensor {name!r}: value -2147483648 cannot be coded (allowed {INT32_RANGE[0]}.."
                          f"{INT32_RANGE[1]})")
     return t.contiguous()
@@ -122,15 +126,15 @@ def _codebook_list(name: str, codebook: object) -> list[int]:
 
 
 def _description_item(name: str, d: object) -> _Item:
-    levels = _int32_levels(name, d.levels)
+    dq = getattr(d, "dq", False)
+    if not isinstance(dq, (bool, int, np.bool_, np.integer)) or dq not in (0, 1):
+        raise TypeError(f"tensor {name!r}: dq must be a bool (or 0/1), got {dq!r}")
+    levels = _int32_levels(name, d.levels, dq=bool(dq))
     qp = _as_int(name, "qp", d.qp)
     qp_density = _as_int(name, "qp_density", getattr(d, "qp_density", DEFAULT_QP_DENSITY))
     if not 0 <= qp_density <= MAX_QP_DENSITY:
         raise ValueError(f"tensor {name!r}: qp_density must be 0..{MAX_QP_DENSITY}, got {qp_density}")
     step_size(qp, qp_density)
-    dq = getattr(d, "dq", False)
-    if not isinstance(dq, (bool, np.bool_)):
-        raise TypeError(f"tensor {name!r}: dq must be a bool, got {dq!r}")
     codebook = getattr(d, "codebook", None)
     cb = None if codebook is None else _codebook_list(name, codebook)
     if cb is not None and dq:

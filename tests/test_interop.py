@@ -311,11 +311,7 @@ def test_extreme_levels_byte_identical(codec, oracle, dq):
                                       oracle.decode_levels(theirs)["t"].levels)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "with DQ, r = -(2^31-1) at an even state is coded as k = -2^30 and NNCodec decodes r = -2^31 (a valid "
-    "int32); coding/csrc/nnc_core.cpp decode_tensor rejects |r| > 2^31-1 ('decoded reconstruction index "
-    "exceeds the int32 range') and validate_levels rejects r = -2^31 even with DQ, where k = r >> 1 fits. "
-    "Fix: allow r >= INT32_MIN in the DQ decoder and apply the -2^31 check only without DQ"))
+# with DQ, r = -(2^31-1) at an even state is coded as k = -2^30 and NNCodec decodes r = -2^31 (valid int32)
 def test_dq_level_minus_two_to_31_matches_nncodec(codec, oracle):
     levels = np.array([[-(2**31 - 1), 0, 7], [1, -(2**31 - 1), 0]], dtype=np.int32)
     theirs = oracle.encode_levels({"t": levels}, {"t": -20}, {"t": 1})

@@ -565,6 +565,7 @@ void validate_levels(const int32_t* levels, const LayerParams& p, int64_t count)
                          "]");
     return;
   }
+  if (p.dq) return;  // with DQ the coded level is r / 2, so every int32 r is codable
   for (int64_t i = 0; i < count; ++i)
     if (levels[i] == std::numeric_limits<int32_t>::min())
       throw UsageError("level -2147483648 at position " + std::to_string(i) +
@@ -654,7 +655,8 @@ void decode_tensor(ArithDecoder& dec, const LayerParams& p, int32_t* out, std::v
       return state;
     }
     const int64_t r = dq_index_from_level(k, state);
-    if (r > kMaxAbsLevel || r < -kMaxAbsLevel)
+    // NNCodec stores r as int32, so r = -2^31 (k = -2^30 at an even state) is valid with DQ
+    if (r > kMaxAbsLevel || r < -kMaxAbsLevel - 1)
       throw BitstreamError("decoded reconstruction index exceeds the int32 range");
     out[pos] = static_cast<int32_t>(r);
     return static_cast<int>(kTrans[state][k & 1]);
