@@ -201,3 +201,12 @@ def test_console_script_is_installed():
     result = subprocess.run([str(script), "compress", "--help"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "--method {ecq,ec2t}" in result.stdout
+
+
+def test_top_level_help_lists_the_file_commands(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "fit" in out and "validate" in out and "predict" not in out
+    assert "ecqx compress MODEL.pt -o MODEL.nnc" in out and "ecqx inspect FILE.nnc" in out
