@@ -12,7 +12,6 @@ each); they are dispatched to argparse before LightningCLI sees the arguments.
 from __future__ import annotations
 
 import argparse
-import logging
 import math
 import os
 import sys
@@ -27,9 +26,17 @@ from pytorch_lightning.utilities import rank_zero_only
 from ecqx.training.models import extract_state_dict
 from ecqx.training.module import ClassificationModule
 
-__all__ = ["main", "EcqxCLI", "default_config_path", "TOOL_COMMANDS", "LIGHTNING_COMMANDS"]
-
-log = logging.getLogger(__name__)
+__all__ = [
+    "main",
+    "EcqxCLI",
+    "run_lightning",
+    "run_tool",
+    "with_default_config",
+    "default_config_path",
+    "format_metrics",
+    "TOOL_COMMANDS",
+    "LIGHTNING_COMMANDS",
+]
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test")
 TOOL_COMMANDS = ("compress", "inspect", "decode")
