@@ -210,3 +210,29 @@ def test_top_level_help_lists_the_file_commands(capsys):
     out = " ".join(capsys.readouterr().out.split())
     assert "fit" in out and "validate" in out and "predict" not in out
     assert "ecqx compress MODEL.pt -o MODEL.nnc" in out and "ecqx inspect FILE.nnc" in out
+
+
+def test_checkpoint_of_a_cli_run_is_tested_and_reloaded_without_the_config(in_tmp):
+    from ecqx.training.cli import run_lightning
+    from ecqx.training.data import DigitsDataModule
+    from ecqx.training.module import ClassificationModule
+
+    fit = [
+        "fit",
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.limit_train_batches",
+        "3",
+        "--trainer.limit_val_batches",
+        "1",
+    ]
+    assert main([*fit, "--trainer.enable_progress_bar", "false"]) == 0
+    (checkpoint,) = in_tmp.glob("lightning_logs/digits_mlp_ecqx4/version_0/checkpoints/*.ckpt")
+    cli = run_lightning(["test", "--ckpt_path", str(checkpoint), "--trainer.enable_progress_bar", "false"])
+    tested_acc = float(cli.trainer.callback_metrics["test_acc"])
+    restored = ClassificationModule.load_from_checkpoint(checkpoint)  # network rebuilt from the saved config
+    saved = torch.load(checkpoint, weights_only=False)["state_dict"]
+    assert all(torch.equal(restored.state_dict()[k], v) for k, v in saved.items())
+    data = DigitsDataModule(seed=0)
+    data.setup()
+    assert restored.evaluate(data.test_dataloader())["acc"] == pytest.approx(tested_acc, abs=1e-6)

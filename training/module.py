@@ -62,9 +62,12 @@ class ClassificationModule(pl.LightningModule):
             raise ValueError(
                 f"ClassificationModule: `label_smoothing` must be in [0, 1), got {label_smoothing!r}."
             )
-        # The network, optimizer and scheduler factories are not plain values (a lambda cannot be pickled into
-        # a checkpoint); the network's weights are in the state_dict anyway.
-        self.save_hyperparameters(ignore=["model", "optimizer", "lr_scheduler"])
+        # LightningCLI supplies the parsed config (plain values) as hyperparameters and needs all of it to
+        # rebuild the module from a checkpoint (`ecqx test --ckpt_path`). Built in Python, the network and the
+        # factories are objects: the weights are in the state_dict anyway, and a lambda cannot be pickled.
+        self.save_hyperparameters(
+            ignore=None if _config_given_by_cli() else ["model", "optimizer", "lr_scheduler"]
+        )
         self.model = model
         self.num_classes = num_classes
         self.optimizer_factory = optimizer
@@ -157,3 +160,12 @@ class ClassificationModule(pl.LightningModule):
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             config["monitor"] = "val_loss"
         return {"optimizer": optimizer, "lr_scheduler": config}
+
+
+def _config_given_by_cli() -> bool:
+    """Whether LightningCLI is instantiating the module (it then provides the config as hyperparameters)."""
+    try:
+        from pytorch_lightning.core.mixins.hparams_mixin import _given_hyperparameters
+    except ImportError:  # private name moved in another Lightning release: keep the safe choice
+        return False
+    return _given_hyperparameters.get() is not None
