@@ -25,6 +25,8 @@ QP_DENSITY_RANGE = range(0, 8)
 SNAP_DENSITIES = (2, 3, 4, 5, 6, 7)
 #: default largest relative change of Δ accepted at a qp_density before trying a finer one.
 DEFAULT_SNAP_RTOL = 0.01
+FLOAT32_SMALLEST = math.ldexp(1.0, -149)  # smallest positive (subnormal) float32
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def _check_density(qp_density: int) -> None:
@@ -42,13 +44,10 @@ def nnc_step_size(qp: int, qp_density: int = 2) -> float:
     mul = k + (qp & (k - 1))
     shift = qp >> qp_density
     exponent = shift - qp_density
-    if abs(exponent) > 200:  # far outside float32; ldexp/float32 would overflow or flush to zero anyway
-        value = 0.0
-    else:
-        with np.errstate(over="ignore"):
-            value = float(np.float32(math.ldexp(mul, exponent)))
-    if value == 0.0 or not math.isfinite(value):
+    exact = math.ldexp(mul, exponent) if abs(exponent) <= 200 else 0.0  # beyond ±200: far outside float32
+    if not FLOAT32_SMALLEST <= exact <= FLOAT32_MAX:
         raise ValueError(f"qp {qp} with qp_density {qp_density} gives no finite non-zero float32 step size")
+    value = float(np.float32(exact))
     return value
 
 
