@@ -33,13 +33,48 @@ constexpr int kMaxOverrunBytes = 2;       // zero bytes fed past the payload end
 constexpr int64_t kMaxAbsLevel = 2147483647;
 constexpr int kMaxRemainderPrefix = 31;
 
+// The fast (s0) and slow (s1) halves of a context state evolve independently (spec §5.4), so their updates are
+// table lookups: kS0Next[shift - 4][bin][s0 + 128], kS1Next[shift - 4][bin][s1 + 2048].
+struct UpdateTables {
+  int8_t s0_next[4][2][256];
+  int16_t s1_next[3][2][4096];
+
+  UpdateTables() {
+    for (int sh = 4; sh <= 7; ++sh)
+      for (int b = 0; b < 2; ++b)
+        for (int v = -128; v < 128; ++v) {
+          const int sg = b ? 1 : -1;
+          const int i = 16 + ((sg * v) >> 3);
+          const int next = (i >= 0 && i < 32) ? v + sg * (kCurve[i] >> sh) : v;
+          s0_next[sh - 4][b][v + 128] = static_cast<int8_t>(std::clamp(next, -128, 127));
+        }
+    for (int sh = 4; sh <= 6; ++sh)
+      for (int b = 0; b < 2; ++b)
+        for (int v = -2048; v < 2048; ++v) {
+          const int sg = b ? 1 : -1;
+          const int i = 16 + ((sg * v) >> 7);
+          const int next = (i >= 0 && i < 32) ? v + sg * (kCurve[i] >> sh) : v;
+          s1_next[sh - 4][b][v + 2048] = static_cast<int16_t>(std::clamp(next, -2048, 2047));
+        }
+  }
+};
+
+const UpdateTables& update_tables() {
+  static const UpdateTables tables;
+  return tables;
+}
+
 struct Context {
-  int32_t p, s0, sh0, sh1, eco;
+  int32_t p, s0;
+  const int8_t* s0_next;    // row pair of UpdateTables::s0_next for this context's sh0, centred at s0 = 0
+  const int16_t* s1_next;   // row pair of UpdateTables::s1_next for sh1, centred at s1 = 0
+  int32_t eco;
 
   void init(int e) {
     const EcoParams& ep = kEco[e];
-    sh0 = ep.sh0;
-    sh1 = ep.sh1;
+    const UpdateTables& t = update_tables();
+    s0_next = &t.s0_next[ep.sh0 - 4][0][128];
+    s1_next = &t.s1_next[ep.sh1 - 4][0][2048];
     p = ep.p;
     s0 = ep.s0;
     eco = e;
@@ -54,11 +89,9 @@ struct Context {
     return kRangeLps[((range >> 5) & 7) * 32 + static_cast<uint32_t>(q < 0 ? -q : q)];
   }
   void update(int bin) {
-    const int32_t sg = bin ? 1 : -1;
-    int32_t s1 = p - 16 * s0;
-    s0 += sg * (kCurve[16 + ((sg * s0) >> 3)] >> sh0);
-    s1 += sg * (kCurve[16 + ((sg * s1) >> 7)] >> sh1);
-    p = s1 + 16 * s0;
+    const int32_t s1 = p - 16 * s0;
+    s0 = s0_next[bin * 256 + s0];
+    p = s1_next[bin * 4096 + s1] + 16 * s0;
   }
 };
 
@@ -76,24 +109,18 @@ class ArithDecoder {
     const uint32_t lps = c.lps_range(range_);
     const uint32_t mps_range = range_ - lps;
     const uint32_t scaled = mps_range << 7;
-    int bin;
-    if (value_ >= scaled) {
-      bin = 1 - c.mps();
-      value_ -= scaled;
-      range_ = lps;
-    } else {
-      bin = c.mps();
-      range_ = mps_range;
-    }
-    if (range_ < 256) {
-      const int n = leading_shift(range_);
-      range_ <<= n;
-      value_ <<= n;
-      bits_needed_ += n;
-      if (bits_needed_ >= 0) {
-        value_ += next_byte() << bits_needed_;
-        bits_needed_ -= 8;
-      }
+    // branch-free interval selection: bins are data-dependent and mispredict often
+    const uint32_t is_lps = value_ >= scaled;
+    const int bin = c.mps() ^ static_cast<int>(is_lps);
+    value_ -= is_lps ? scaled : 0u;
+    range_ = is_lps ? lps : mps_range;
+    const int n = leading_shift(range_);  // 0 for range >= 256
+    range_ <<= n;
+    value_ <<= n;
+    bits_needed_ += n;
+    if (bits_needed_ >= 0) {
+      value_ += next_byte() << bits_needed_;
+      bits_needed_ -= 8;
     }
     c.update(bin);
     return bin;
@@ -106,16 +133,31 @@ class ArithDecoder {
       bits_needed_ = -8;
     }
     const uint32_t scaled = range_ << 7;
-    if (value_ >= scaled) {
-      value_ -= scaled;
-      return 1;
-    }
-    return 0;
+    const uint32_t bin = value_ >= scaled;  // suffix bits are random: keep it branch-free
+    value_ -= bin ? scaled : 0u;
+    return bin;
   }
 
+  // n bypass bins, up to 8 per refill: identical to n single bypass bins (spec §4.3).
   uint32_t decode_bypass_bits(int n) {
     uint32_t v = 0;
-    for (int i = 0; i < n; ++i) v = (v << 1) | decode_bypass();
+    while (n > 0) {
+      const int m = n < 8 ? n : 8;
+      value_ <<= m;
+      bits_needed_ += m;
+      if (bits_needed_ >= 0) {
+        value_ += next_byte() << bits_needed_;
+        bits_needed_ -= 8;
+      }
+      uint32_t scaled = range_ << (7 + m);
+      for (int i = 0; i < m; ++i) {
+        scaled >>= 1;
+        const uint32_t bin = value_ >= scaled;
+        value_ -= bin ? scaled : 0u;
+        v = (v << 1) | bin;
+      }
+      n -= m;
+    }
     return v;
   }
 
@@ -162,19 +204,14 @@ class ArithEncoder {
   void encode_bin(int bin, Context& c) {
     const uint32_t lps = c.lps_range(range_);
     range_ -= lps;
-    if (bin == c.mps()) {
-      if (range_ < 256) {
-        range_ <<= 1;
-        low_ <<= 1;
-        --bits_left_;
-      }
-    } else {
-      const int n = leading_shift(lps);
-      low_ += range_;
-      range_ = lps << n;
-      low_ <<= n;
-      bits_left_ -= n;
-    }
+    const bool is_lps = bin != c.mps();
+    low_ += is_lps ? range_ : 0u;
+    range_ = is_lps ? lps : range_;
+    // MPS: one shift when the range fell below 256; LPS: 9 - bitlength(rLPS) shifts (spec §4.5)
+    const int n = leading_shift(range_);
+    range_ <<= n;
+    low_ <<= n;
+    bits_left_ -= n;
     if (bits_left_ < 12) emit_byte();
     c.update(bin);
   }
@@ -185,8 +222,16 @@ class ArithEncoder {
     if (--bits_left_ < 12) emit_byte();
   }
 
+  // n bypass bins, MSB first, up to 8 per step: identical to n single bypass bins (spec §4.5).
   void encode_bypass_bits(uint32_t value, int n) {
-    for (int i = n - 1; i >= 0; --i) encode_bypass((value >> i) & 1u);
+    while (n > 0) {
+      const int m = n < 8 ? n : 8;
+      n -= m;
+      const uint32_t chunk = (value >> n) & ((1u << m) - 1);
+      low_ = (low_ << m) + static_cast<uint64_t>(chunk) * range_;
+      bits_left_ -= m;
+      if (bits_left_ < 12) emit_byte();
+    }
   }
 
   void reset_range() { range_ = 256; }
@@ -417,10 +462,8 @@ void encode_level(ArithEncoder& enc, Context* ctx, const Layout& L, int64_t k, i
   enc.encode_bypass_bits(static_cast<uint32_t>(rem - base), t);
 }
 
-int64_t decode_level(ArithDecoder& dec, Context* ctx, const Layout& L, int state, int nbc,
-                     const CodebookLimits& cb) {
-  if (cb.active && cb.size == 1) return 0;
-  if (!dec.decode_bin(ctx[3 * state + nbc])) return 0;
+// Rest of a level after a significance bin of 1 (spec §7.1/§7.2).
+int64_t decode_nonzero_level(ArithDecoder& dec, Context* ctx, const Layout& L, int nbc, const CodebookLimits& cb) {
   int neg;
   if (cb.active && (cb.zero == 0 || cb.zero == cb.size - 1))
     neg = cb.zero != 0;
@@ -454,43 +497,79 @@ int64_t decode_level(ArithDecoder& dec, Context* ctx, const Layout& L, int state
 }
 
 // ------------------------------------------------------------------------------------------ ecoIdx choice
-// Nine candidate context states per context, with accumulated bit estimates (spec §8.2).
-class ParamOptimizer {
- public:
-  explicit ParamOptimizer(int num_contexts) : p_(num_contexts * kNumEco), s0_(num_contexts * kNumEco),
-                                              acc_(num_contexts * kNumEco, 0) {
-    for (int c = 0; c < num_contexts; ++c)
-      for (int e = 0; e < kNumEco; ++e) {
-        p_[c * kNumEco + e] = kEco[e].p;
-        s0_[c * kNumEco + e] = kEco[e].s0;
-      }
-  }
+// Nine candidate context states per context, with accumulated bit estimates (spec §8.2). Bins are buffered
+// per context and replayed through the nine parameter sets at once: nine independent dependency chains with
+// compile-time shifts, kept in registers.
+template <int E>
+inline void candidate_update(const UpdateTables& t, int32_t& s0, int32_t& s1, uint64_t& acc, int b) {
+  const int32_t p = s1 + 16 * s0;
+  acc += kBitEstimate[512 + (p >> 3)][b];
+  s0 = t.s0_next[kEco[E].sh0 - 4][b][s0 + 128];
+  s1 = t.s1_next[kEco[E].sh1 - 4][b][s1 + 2048];
+}
 
-  void bin(int ctx, int b) {
-    int32_t* p = &p_[ctx * kNumEco];
-    int32_t* s0 = &s0_[ctx * kNumEco];
-    uint64_t* acc = &acc_[ctx * kNumEco];
-    const int32_t sg = b ? 1 : -1;
+struct CandidateStates {
+  int32_t s0[kNumEco], s1[kNumEco];
+  uint64_t acc[kNumEco];
+
+  void reset_states() {
     for (int e = 0; e < kNumEco; ++e) {
-      acc[e] += kBitEstimate[512 + (p[e] >> 3)][b];
-      int32_t s1 = p[e] - 16 * s0[e];
-      s0[e] += sg * (kCurve[16 + ((sg * s0[e]) >> 3)] >> kEco[e].sh0);
-      s1 += sg * (kCurve[16 + ((sg * s1) >> 7)] >> kEco[e].sh1);
-      p[e] = s1 + 16 * s0[e];
+      s0[e] = kEco[e].s0;
+      s1[e] = kEco[e].p - 16 * kEco[e].s0;
     }
   }
 
-  void reset_states() {
-    const size_t n = p_.size() / kNumEco;
-    for (size_t c = 0; c < n; ++c)
-      for (int e = 0; e < kNumEco; ++e) {
-        p_[c * kNumEco + e] = kEco[e].p;
-        s0_[c * kNumEco + e] = kEco[e].s0;
-      }
+  template <size_t... E>
+  void replay(const uint8_t* bins, int n, std::index_sequence<E...>) {
+    const UpdateTables& t = update_tables();
+    int32_t l0[kNumEco], l1[kNumEco];
+    uint64_t la[kNumEco];
+    for (int e = 0; e < kNumEco; ++e) {
+      l0[e] = s0[e];
+      l1[e] = s1[e];
+      la[e] = acc[e];
+    }
+    for (int i = 0; i < n; ++i) {
+      const int b = bins[i];
+      (candidate_update<static_cast<int>(E)>(t, l0[E], l1[E], la[E], b), ...);
+    }
+    for (int e = 0; e < kNumEco; ++e) {
+      s0[e] = l0[e];
+      s1[e] = l1[e];
+      acc[e] = la[e];
+    }
+  }
+};
+
+class ParamOptimizer {
+ public:
+  static constexpr int kBuffer = 512;
+
+  explicit ParamOptimizer(int num_contexts)
+      : states_(num_contexts), buffer_(static_cast<size_t>(num_contexts) * kBuffer), fill_(num_contexts, 0) {
+    for (CandidateStates& c : states_) {
+      c.reset_states();
+      std::fill(c.acc, c.acc + kNumEco, 0);
+    }
   }
 
-  int best(int ctx) const {
-    const uint64_t* acc = &acc_[ctx * kNumEco];
+  void bin(int ctx, int b) {
+    uint8_t* buf = &buffer_[static_cast<size_t>(ctx) * kBuffer];
+    buf[fill_[ctx]++] = static_cast<uint8_t>(b);
+    if (fill_[ctx] == kBuffer) flush(ctx);
+  }
+
+  // Block-row boundary: candidate states restart, accumulators are kept.
+  void reset_states() {
+    for (size_t c = 0; c < states_.size(); ++c) {
+      flush(static_cast<int>(c));
+      states_[c].reset_states();
+    }
+  }
+
+  int best(int ctx) {
+    flush(ctx);
+    const uint64_t* acc = states_[ctx].acc;
     int best = 0;
     uint64_t cost = acc[0];
     for (int e = 1; e < kNumEco; ++e) {
@@ -532,8 +611,16 @@ class ParamOptimizer {
   }
 
  private:
-  std::vector<int32_t> p_, s0_;
-  std::vector<uint64_t> acc_;
+  void flush(int ctx) {
+    if (fill_[ctx] == 0) return;
+    states_[ctx].replay(&buffer_[static_cast<size_t>(ctx) * kBuffer], fill_[ctx],
+                        std::make_index_sequence<kNumEco>{});
+    fill_[ctx] = 0;
+  }
+
+  std::vector<CandidateStates> states_;
+  std::vector<uint8_t> buffer_;
+  std::vector<int> fill_;
 };
 
 std::vector<int> choose_eco(const int32_t* levels, const LayerParams& p, const Geometry& g, const Layout& L,
@@ -647,8 +734,11 @@ void decode_tensor(ArithDecoder& dec, const LayerParams& p, int32_t* out, std::v
   int64_t last_bitpos = dec.bit_position();
   int64_t nb = 0;
   Context* c = ctx.data();
+  const bool nothing_coded = cb.active && cb.size == 1;
   auto visit = [&](int64_t pos, int state) {
-    const int64_t k = decode_level(dec, c, L, state, neighbour_class(nb), cb);
+    const int nbc = neighbour_class(nb);
+    int64_t k = 0;
+    if (!nothing_coded && dec.decode_bin(c[3 * state + nbc])) k = decode_nonzero_level(dec, c, L, nbc, cb);
     nb = k;
     if (!p.dq) {
       out[pos] = static_cast<int32_t>(k);
