@@ -112,6 +112,8 @@ def _check_nncodec_stream(codec, oracle, res, *, scan_order, row_skipping, param
         else:
             reencode[name] = _description(codec, res.encoder_levels[name], res.qps[name], qp_density,
                                           res.dqs[name])
+    # start unit (4) + MPS (8) + TPL (6) + every NDU: the decoder accounted for every byte of the stream
+    assert 18 + sum(d.unit_bytes for d in ours_levels.values()) == len(res.data)
     again = codec.encode(reencode, profile=1, scan_order=scan_order, row_skipping=row_skipping,
                          param_opt=param_opt, cabac_unary_length_minus1=N1)
     assert again.hex() == res.data.hex(), "our bytes differ from NNCodec's for the same integers and settings"
