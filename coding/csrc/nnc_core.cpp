@@ -427,11 +427,9 @@ struct CodebookLimits {
   int size, zero;
 };
 
-void encode_level(ArithEncoder& enc, Context* ctx, const Layout& L, int64_t k, int state, int nbc,
-                  const CodebookLimits& cb) {
-  if (cb.active && cb.size == 1) return;
-  enc.encode_bin(k != 0, ctx[3 * state + nbc]);
-  if (k == 0) return;
+// Rest of a non-zero level after its significance bin (spec §7.1/§7.2).
+void encode_nonzero_level(ArithEncoder& enc, Context* ctx, const Layout& L, int64_t k, int nbc,
+                          const CodebookLimits& cb) {
   const int neg = k < 0;
   if (!(cb.active && (cb.zero == 0 || cb.zero == cb.size - 1))) enc.encode_bin(neg, ctx[Layout::kSign + nbc]);
   const int64_t a = neg ? -k : k;
@@ -694,10 +692,15 @@ void encode_tensor(ArithEncoder& enc, const int32_t* levels, const LayerParams& 
   if (g.so && g.block_rows > 1) enc.reset_range();
   int64_t nb = 0;
   Context* c = ctx.data();
+  const bool nothing_coded = cb.active && cb.size == 1;
   auto visit = [&](int64_t pos, int state) {
     const int64_t v = levels[pos];
     const int64_t k = p.dq ? dq_level_from_index(v, state) : v;
-    encode_level(enc, c, L, k, state, neighbour_class(nb), cb);
+    if (!nothing_coded) {
+      const int nbc = neighbour_class(nb);
+      enc.encode_bin(k != 0, c[3 * state + nbc]);
+      if (k != 0) encode_nonzero_level(enc, c, L, k, nbc, cb);
+    }
     nb = k;
     return p.dq ? static_cast<int>(kTrans[state][k & 1]) : state;
   };
