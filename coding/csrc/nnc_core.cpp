@@ -105,7 +105,7 @@ class ArithDecoder {
     value_ |= next_byte();
   }
 
-  int decode_bin(Context& c) {
+  __attribute__((always_inline)) int decode_bin(Context& c) {
     const uint32_t lps = c.lps_range(range_);
     const uint32_t mps_range = range_ - lps;
     const uint32_t scaled = mps_range << 7;
@@ -460,14 +460,35 @@ void encode_nonzero_level(ArithEncoder& enc, Context* ctx, const Layout& L, int6
   enc.encode_bypass_bits(static_cast<uint32_t>(rem - base), t);
 }
 
-// Rest of a level after a significance bin of 1 (spec §7.1/§7.2).
-int64_t decode_nonzero_level(ArithDecoder& dec, Context* ctx, const Layout& L, int nbc, const CodebookLimits& cb) {
+// Rest of a level after a significance bin of 1 (spec §7.1); the plain binarization without codebook bounds.
+inline int64_t decode_plain_nonzero(ArithDecoder& dec, Context* ctx, const Layout& L, int nbc) {
+  const int neg = dec.decode_bin(ctx[Layout::kSign + nbc]);
+  Context* gtx = ctx + Layout::kGtx + neg;
+  int64_t a = 1;
+  int j = 0;
+  while (j < L.num_gtx && dec.decode_bin(gtx[2 * j])) ++j;
+  a += j;
+  if (j == L.num_gtx) {
+    int t = 0;
+    while (t < kMaxRemainderPrefix && dec.decode_bin(ctx[L.rem + t])) {
+      a += int64_t(1) << t;
+      ++t;
+    }
+    a += dec.decode_bypass_bits(t);
+    if (a > kMaxAbsLevel) throw BitstreamError("decoded level magnitude exceeds the int32 range");
+  }
+  return neg ? -a : a;
+}
+
+// Rest of a level after a significance bin of 1, codebook-constrained variant (spec §7.2).
+int64_t decode_codebook_nonzero(ArithDecoder& dec, Context* ctx, const Layout& L, int nbc,
+                                const CodebookLimits& cb) {
   int neg;
-  if (cb.active && (cb.zero == 0 || cb.zero == cb.size - 1))
+  if (cb.zero == 0 || cb.zero == cb.size - 1)
     neg = cb.zero != 0;
   else
     neg = dec.decode_bin(ctx[Layout::kSign + nbc]);
-  const int64_t max_abs = cb.active ? (neg ? cb.zero : cb.size - 1 - cb.zero) : kMaxAbsLevel + 1;
+  const int64_t max_abs = neg ? cb.zero : cb.size - 1 - cb.zero;
   int64_t a = 1;
   if (max_abs > 1) {
     Context* gtx = ctx + Layout::kGtx + neg;
@@ -483,14 +504,12 @@ int64_t decode_nonzero_level(ArithDecoder& dec, Context* ctx, const Layout& L, i
         if (!dec.decode_bin(ctx[L.rem + t])) break;
         a += int64_t(1) << t;
         ++t;
-        if (cb.active && a + (int64_t(1) << t) > max_abs) break;
+        if (a + (int64_t(1) << t) > max_abs) break;
       }
       a += dec.decode_bypass_bits(t);
     }
   }
-  if (a > max_abs - (cb.active ? 0 : 1))
-    throw BitstreamError(cb.active ? "decoded codebook index outside the codebook"
-                                   : "decoded level magnitude exceeds the int32 range");
+  if (a > max_abs) throw BitstreamError("decoded codebook index outside the codebook");
   return neg ? -a : a;
 }
 
@@ -741,7 +760,8 @@ void decode_tensor(ArithDecoder& dec, const LayerParams& p, int32_t* out, std::v
   auto visit = [&](int64_t pos, int state) {
     const int nbc = neighbour_class(nb);
     int64_t k = 0;
-    if (!nothing_coded && dec.decode_bin(c[3 * state + nbc])) k = decode_nonzero_level(dec, c, L, nbc, cb);
+    if (!nothing_coded && dec.decode_bin(c[3 * state + nbc]))
+      k = cb.active ? decode_codebook_nonzero(dec, c, L, nbc, cb) : decode_plain_nonzero(dec, c, L, nbc);
     nb = k;
     if (!p.dq) {
       out[pos] = static_cast<int32_t>(k);
