@@ -8,10 +8,13 @@ Per tensor (spec ecqx-ec2t.md §1, §2.3, §3.5):
 4. ECQx: the zero-cluster cost is multiplied by 2·(r + 1e-12)^β with r = |R| / (max|R| + 1e-12) and β found by
    the reference's search, keeping the zero fraction inside [s_ECQ − p, s_ECQ].
 
-Implementation: the K×N cost matrix is never materialised for more than ``chunk_size`` weights at once. One
-pass stores, per weight, the zero-cluster cost and the best non-zero cluster below and above zero; the final
-argmin and every β trial of ECQx are then O(N) comparisons. Works on any device; no Python loop over weights
-or clusters.
+Implementation: one pass stores, per weight, the zero-cluster cost and the cheapest cluster below and above
+zero; the final argmin and every β trial of ECQx are then O(N) comparisons. The cheapest cluster of a side is
+a dense argmin over ``chunk_size`` weights at a time (memory O(chunk·K)) for up to 32 clusters; for wider
+grids (6–8 bit) it comes from the lower envelope of the cost lines (up to the common w² every cost is a line
+in w): K×K tensor ops, one ``bucketize`` per weight and an exact float32 re-check of the envelope neighbours,
+O(N log K) and the same result as the dense argmin (first index on ties). The nearest-level pre-assignment is
+O(N) on uniform grids. Works on any device; no Python loop over weights or clusters.
 
 Entry points: :func:`assign` (a :class:`~ecqx.grid.Grid` and a mode) for the callbacks, :func:`ec_assign`
 (raw centroid values and explicit rules) for EC2T and experiments.
@@ -28,10 +31,12 @@ from ecqx._checks import check_choice, check_float_tensor, check_mode, check_non
 from ecqx.entropy import cluster_counts, cluster_pmf, information_content, lambda_max
 from ecqx.grid import Grid
 
-DEFAULT_CHUNK = 1 << 20
+DEFAULT_CHUNK = 1 << 16
 DEFAULT_P = 0.1
 BETA_EVALUATIONS = 51
 RELEVANCE_EPS = 1e-12
+#: segments with at least this many clusters use the lower-envelope search instead of a dense argmin
+ENVELOPE_MIN_CLUSTERS = 33
 EMPTY_CLUSTER_RULES = ("forbid", "count_one")
 
 
@@ -95,27 +100,71 @@ def _nearest_on_uniform_grid(w: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     return low.add_(take_high)
 
 
-def _segment_min(cost: torch.Tensor, offset: int) -> tuple[torch.Tensor, torch.Tensor]:
-    if cost.shape[0] == 0:
-        return (torch.full((cost.shape[1],), math.inf, device=cost.device),
-                torch.zeros(cost.shape[1], dtype=torch.int64, device=cost.device))
-    values, index = cost.min(dim=0)
-    return values, index + offset
+def _lower_envelope(centroids: torch.Tensor, penalty: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clusters on the lower envelope of the costs, and the weight values where the envelope switches.
+
+    Up to the common w², cluster k costs the line −2·c_k·w + (c_k² + penalty_k); line k is the cheapest for w
+    in [max_{j<k} x_jk, min_{j>k} x_kj] with x_jk the crossing of lines j and k (K×K tensor ops, K ≤ 256).
+    """
+    intercept = centroids.square() + penalty
+    finite = torch.isfinite(penalty)
+    crossing = (intercept[None, :] - intercept[:, None]) / (2.0 * (centroids[None, :] - centroids[:, None]))
+    later = torch.ones_like(crossing, dtype=torch.bool).triu(1) & finite[:, None] & finite[None, :]
+    left = torch.where(later, crossing, -math.inf).amax(dim=0)
+    right = torch.where(later, crossing, math.inf).amin(dim=1)
+    lines = torch.nonzero(finite & (left < right)).flatten()
+    return lines, right[lines[:-1]]
+
+
+def _dense_best_in_segment(w: torch.Tensor, centroids: torch.Tensor, penalty: torch.Tensor, start: int,
+                           stop: int, chunk_size: int):
+    """Cheapest cluster in ``start:stop`` by a dense argmin over ``chunk_size`` weights at a time."""
+    c = centroids[start:stop].to(device=w.device, dtype=torch.float32)
+    p = penalty[start:stop].to(device=w.device, dtype=torch.float32)
+    best_cost = torch.empty_like(w)
+    best_index = torch.empty(w.shape, dtype=torch.int64, device=w.device)
+    for part in _chunks(w.numel(), chunk_size):
+        cost = w[part].unsqueeze(0) - c.unsqueeze(1)
+        best_cost[part], best_index[part] = cost.square_().add_(p.unsqueeze(1)).min(dim=0)
+    return best_cost, best_index.add_(start)
+
+
+def _best_in_segment(w: torch.Tensor, centroids: torch.Tensor, penalty: torch.Tensor, start: int, stop: int,
+                     chunk_size: int = DEFAULT_CHUNK):
+    """Cheapest cluster in ``start:stop`` per weight (first index on ties) and its cost.
+
+    Few clusters: dense argmin. Many clusters (≥ ``ENVELOPE_MIN_CLUSTERS``): O(N log K) through the lower
+    envelope; its pick and the two envelope neighbours are compared with the exact float32 cost, so weights
+    next to a switching point get the same answer as the dense argmin.
+    """
+    if stop <= start or not bool(torch.isfinite(penalty[start:stop]).any()):
+        return torch.full_like(w, math.inf), torch.zeros(w.shape, dtype=torch.int64, device=w.device)
+    if stop - start < ENVELOPE_MIN_CLUSTERS:
+        return _dense_best_in_segment(w, centroids, penalty, start, stop, chunk_size)
+    lines, bounds = _lower_envelope(centroids[start:stop].double(), penalty[start:stop].double())
+    lines = (lines + start).to(w.device)
+    position = torch.bucketize(w, bounds.to(device=w.device, dtype=w.dtype))
+    c32 = centroids.to(device=w.device, dtype=torch.float32)
+    p32 = penalty.to(device=w.device, dtype=torch.float32)
+    best_cost, best_index = None, None
+    for shift in (-1, 0, 1):  # envelope neighbours, in ascending cluster order
+        candidate = lines.index_select(0, (position + shift).clamp_(0, lines.numel() - 1))
+        cost = (w - c32.index_select(0, candidate)).square_().add_(p32.index_select(0, candidate))
+        if best_cost is None:
+            best_cost, best_index = cost, candidate
+            continue
+        better = cost < best_cost
+        best_cost = torch.where(better, cost, best_cost)
+        best_index = torch.where(better, candidate, best_index)
+    return best_cost, best_index
 
 
 def _summarise_costs(w: torch.Tensor, centroids: torch.Tensor, penalty: torch.Tensor, zero_index: int,
                      chunk_size: int) -> _CostSummary:
-    n = w.numel()
-    zero_cost = torch.empty(n, device=w.device)
-    below_cost, above_cost = torch.empty_like(zero_cost), torch.empty_like(zero_cost)
-    below_index = torch.empty(n, dtype=torch.int64, device=w.device)
-    above_index = torch.empty_like(below_index)
-    for part in _chunks(n, chunk_size):
-        cost = w[part].unsqueeze(0) - centroids.unsqueeze(1)
-        cost.square_().add_(penalty.unsqueeze(1))
-        zero_cost[part] = cost[zero_index]
-        below_cost[part], below_index[part] = _segment_min(cost[:zero_index], 0)
-        above_cost[part], above_index[part] = _segment_min(cost[zero_index + 1:], zero_index + 1)
+    zero_cost = (w - centroids[zero_index]).square() + penalty[zero_index]
+    below_cost, below_index = _best_in_segment(w, centroids, penalty, 0, zero_index, chunk_size)
+    above_cost, above_index = _best_in_segment(w, centroids, penalty, zero_index + 1, centroids.numel(),
+                                               chunk_size)
     return _CostSummary(zero_cost, below_cost, below_index, above_cost, above_index)
 
 

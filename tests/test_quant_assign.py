@@ -115,3 +115,55 @@ def test_uniform_nearest_shortcut_equals_full_argmin(weights, mode):
                         values, torch.nextafter(values, torch.full_like(values, 1e9))])
     brute = (probes[None, :] - values[:, None]).square().argmin(dim=0)
     assert torch.equal(nearest_indices(probes, values), brute)
+
+
+def _dense_reference(w, centroids, zero_index, lam_layer, pmf_mode, empty_clusters="forbid"):
+    """Dense K×N argmin of (w − c)² + λ·I with the pmf of the nearest-level pre-assignment."""
+    from ecqx.entropy import cluster_counts, cluster_pmf, information_content
+
+    nearest = (w[None, :] - centroids[:, None]).square().argmin(dim=0)
+    counts = cluster_counts(nearest, centroids.numel())
+    if empty_clusters == "count_one":
+        counts = counts.clamp(min=1)
+    info = information_content(cluster_pmf(counts, zero_index, pmf_mode))
+    penalty = torch.zeros_like(info) if lam_layer == 0 else lam_layer * info
+    cost = (w[None, :] - centroids[:, None]).square() + penalty.float()[:, None]
+    return cost.argmin(dim=0)
+
+
+@pytest.mark.parametrize("bits", [2, 4, 8])
+@pytest.mark.parametrize("mode", ["clean", "faithful"])
+@pytest.mark.parametrize("lam", [0.0, 0.05, 0.5, 20.0])
+def test_envelope_assignment_equals_dense_argmin(bits, mode, lam):
+    generator = torch.Generator().manual_seed(bits)
+    w = torch.cat([torch.randn(3000, generator=generator) * 0.05,
+                   torch.randn(50, generator=generator) * 0.3])  # heavy tail: far clusters used
+    grid = uniform_grid(w, bits, mode)
+    result = assign(w, grid, lam, 0.8, mode)
+    expected = _dense_reference(w, grid.values(), grid.zero_index, result.lam, mode)
+    assert torch.equal(result.indices, expected)
+
+
+def test_envelope_on_ternary_grid_with_empty_cluster():
+    w = torch.tensor([0.01, -0.02, 0.9, 0.4, 0.03, 1.2, 0.6, -0.04])  # the negative cluster stays empty
+    values = torch.tensor([-1.0, 0.0, 1.0])
+    for gamma in (0.0, 0.1, 1.0):
+        result = ec_assign(w, values, 1, gamma, empty_clusters="count_one")
+        assert torch.equal(result.indices, _dense_reference(w, values, 1, result.lam, "clean", "count_one"))
+    forbid = ec_assign(w, values, 1, 0.5)  # ECQ rule: an empty cluster has I = inf and is never chosen
+    assert not bool((forbid.indices == 0).any())
+
+
+@pytest.mark.parametrize("bits", [2, 4])
+def test_envelope_path_forced_on_narrow_grids(monkeypatch, bits):
+    import sys
+
+    monkeypatch.setattr(sys.modules["ecqx.assign"], "ENVELOPE_MIN_CLUSTERS", 1)
+    generator = torch.Generator().manual_seed(40 + bits)
+    w = torch.cat([torch.randn(3000, generator=generator) * 0.05, torch.randn(50, generator=generator) * 0.3])
+    for mode in ("clean", "faithful"):
+        grid = uniform_grid(w, bits, mode)
+        for lam in (0.0, 0.05, 0.5, 20.0):
+            result = assign(w, grid, lam, 0.8, mode)
+            expected = _dense_reference(w, grid.values(), grid.zero_index, result.lam, mode)
+            assert torch.equal(result.indices, expected)
