@@ -89,11 +89,10 @@ class BitReader:
     def u(self, n: int, field: str = "field") -> int:
         if self._pos + n > self._end:
             raise BitstreamError(f"{self._what}: truncated while reading {field} ({n} bits)")
-        value = 0
-        for _ in range(n):
-            byte = self._data[self._pos >> 3]
-            value = (value << 1) | ((byte >> (7 - (self._pos & 7))) & 1)
-            self._pos += 1
+        first, last = self._pos >> 3, (self._pos + n + 7) >> 3
+        chunk = int.from_bytes(self._data[first:last], "big")
+        value = (chunk >> (8 * (last - first) - (self._pos & 7) - n)) & ((1 << n) - 1)
+        self._pos += n
         return value
 
     def i(self, n: int, field: str = "field") -> int:

@@ -193,3 +193,21 @@ def test_build_directory_honours_torch_extensions_dir(monkeypatch, tmp_path):
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
     assert native_mod.build_directory().parent == tmp_path
     assert native_mod.build_directory().name.startswith(native_mod.EXTENSION_NAME)
+
+
+def test_cli_inspect_and_decode(tmp_path, capsys):
+    from ecqx.coding.__main__ import main
+    from ecqx.coding.model import encode_state_dict
+
+    sd = {"w": torch.tensor([[0.25, -0.5], [0.0, 1.0]]), "n": torch.tensor(3)}
+    path = tmp_path / "m.nnc"
+    path.write_bytes(encode_state_dict(sd, quantized={"w": quantize_tensor(sd["w"], -8)}))
+    assert main(["inspect", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "w" in out and "NNR_PT_FLOAT" in out and "NNR_PT_INT" in out
+    assert main(["decode", str(path), "-o", str(tmp_path / "m.pt")]) == 0
+    loaded = torch.load(tmp_path / "m.pt")
+    assert torch.equal(loaded["w"], sd["w"]) and loaded["n"].dtype == torch.int64 and int(loaded["n"]) == 3
+    (tmp_path / "bad.nnc").write_bytes(b"\x00\x04\x02")
+    assert main(["inspect", str(tmp_path / "bad.nnc")]) == 1
+    assert "error:" in capsys.readouterr().err
