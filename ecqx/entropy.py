@@ -82,16 +82,15 @@ def lambda_max(w_min: float, w_max: float, centroids: torch.Tensor, used: torch.
                zero_index: int, rule: str = "thesis") -> float:
     """λ at which the extreme weight of a side would flip to zero (module docstring); clamped at 0."""
     check_choice("lambda rule", rule, LAMBDA_RULES)
-    used_idx = torch.nonzero(used).flatten().tolist()
-    below = [i for i in used_idx if i < zero_index]
-    above = [i for i in used_idx if i > zero_index]
+    used_below = torch.nonzero(used[:zero_index]).flatten()
+    used_above = torch.nonzero(used[zero_index + 1:]).flatten() + zero_index + 1
     info_zero = info[zero_index].item()
     sides = []
-    if below:
-        low = below[0]
+    if used_below.numel():
+        low = int(used_below[0])
         sides.append(_side_lambda(w_min, centroids[low].item(), info[low].item(), info_zero, rule))
-    if above:
-        high = above[-1]
+    if used_above.numel():
+        high = int(used_above[-1])
         sides.append(_side_lambda(w_max, centroids[high].item(), info[high].item(), info_zero, rule))
     sides = [s for s in sides if s is not None]
     if not sides:
