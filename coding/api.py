@@ -26,6 +26,8 @@ INT32_RANGE = (-(2**31) + 1, 2**31 - 1)  # -2^31 cannot be coded (spec §7.1)
 MAX_POSITIONS_PER_BYTE = 1024
 PAYLOAD_SLACK_BYTES = 8
 DEFAULT_MAX_ELEMENTS = 1 << 28
+# codebooks up to this size get every zero offset tried (one payload encode each), larger ones two guesses
+MAX_EXHAUSTIVE_CODEBOOK = 64
 
 
 @dataclass
@@ -225,20 +227,28 @@ def _encode_codebook_item(it: _Item, header: NduHeader, common: dict) -> tuple[b
     if not torch.equal(cb[idx_clamped], flat):
         bad = flat[cb[idx_clamped] != flat][0].item()
         raise ValueError(f"tensor {it.name!r}: level {bad} is not an entry of its codebook {it.codebook}")
-    counts = torch.bincount(idx_clamped, minlength=len(it.codebook))
-    candidates = [int(counts.argmax())]
-    if 0 in it.codebook and it.codebook.index(0) not in candidates:
-        candidates.append(it.codebook.index(0))
+    if len(it.codebook) <= MAX_EXHAUSTIVE_CODEBOOK:
+        # like NNCodec, try every zero offset; judged by the complete NDU size, so never larger than NNCodec's
+        candidates = list(range(len(it.codebook)))
+    else:
+        counts = torch.bincount(idx_clamped, minlength=len(it.codebook))
+        candidates = [int(counts.argmax())]
+        if 0 in it.codebook and it.codebook.index(0) not in candidates:
+            candidates.append(it.codebook.index(0))
     best = None
+    header.codebook = it.codebook
     for zero in candidates:
         coded = (idx_clamped - zero).to(torch.int32).reshape(it.shape).contiguous()
         payload, eps = _encode_payload(coded, it.shape, cb_size=len(it.codebook), cb_zero=zero, **common)
-        if best is None or len(payload) < len(best[0]):
-            best = (payload, eps, zero)
-    header.codebook = it.codebook
-    header.codebook_zero_offset = best[2]
-    header.codebook_egk = _cheapest_egk(it.codebook, best[2])
-    return best[0], best[1]
+        header.codebook_zero_offset = zero
+        header.codebook_egk = _cheapest_egk(it.codebook, zero)
+        header.entry_points = [tuple(e) for e in eps]
+        size = len(hls.write_ndu(header, common["profile"], payload))
+        if best is None or size < best[0]:
+            best = (size, payload, eps, zero)
+    header.codebook_zero_offset = best[3]
+    header.codebook_egk = _cheapest_egk(it.codebook, best[3])
+    return best[1], best[2]
 
 
 def _encode_items(items: list[_Item], *, profile: int, scan_order: int, row_skipping: bool, param_opt: bool,
