@@ -22,7 +22,7 @@ import torch
 
 pytestmark = pytest.mark.interop
 
-SHAPES = [(1,), (7,), (5, 3), (1, 40), (40, 1), (33, 17), (70, 9), (17, 3, 3, 3), (130, 70)]
+SHAPES = [(1,), (7,), (5, 3), (1, 40), (40, 1), (33, 17), (70, 9), (9, 5, 7), (17, 3, 3, 3), (130, 70)]
 KINDS = ["gauss", "sparse", "zero_rows", "heavy"]
 QPS = [-40, -32, -25, -12, -75]
 # (dq, row_skipping, param_opt): NNCodec's default flavour first, then the other corners
