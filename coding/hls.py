@@ -166,7 +166,8 @@ def write_ndu(h: NduHeader, profile: int, payload: bytes) -> bytes:
         w.u(1, int(h.codebook is not None))
         if h.codebook is not None:
             _write_codebook(w, h.codebook, h.codebook_zero_offset, h.codebook_egk)
-    w.u(1, int(h.dq))
+    if h.payload_type in (PayloadType.NNR_PT_INT, PayloadType.NNR_PT_FLOAT):
+        w.u(1, int(h.dq))
     if h.decompressed_data_format is not None:
         w.u(7, h.decompressed_data_format)
     w.u(1, 1)  # tensor_dimensions_flag

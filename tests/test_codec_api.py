@@ -16,6 +16,7 @@ from ecqx.coding import (
     encode,
     format_table,
     inspect_stream,
+    load_native,
     quantize_tensor,
     snap_step,
     step_size,
@@ -211,3 +212,42 @@ def test_cli_inspect_and_decode(tmp_path, capsys):
     (tmp_path / "bad.nnc").write_bytes(b"\x00\x04\x02")
     assert main(["inspect", str(tmp_path / "bad.nnc")]) == 1
     assert "error:" in capsys.readouterr().err
+
+
+def _hand_stream(units):
+    from ecqx.coding import hls
+
+    return hls.write_start_unit(1) + hls.write_mps(1, 2, 0, topology_carriage=False) + b"".join(units)
+
+
+def test_raw_float_ndu_is_decoded():
+    import struct
+
+    from ecqx.coding.hls import NduHeader, write_ndu
+
+    values = [1.5, -2.25, 3.0e-8]
+    h = NduHeader(name="raw", payload_type=PayloadType.NNR_PT_RAW_FLOAT, dims=(3,))
+    out = decode(_hand_stream([write_ndu(h, 1, struct.pack("<3f", *values))]))["raw"]
+    assert out.dtype == torch.float32 and out.tolist() == [float(np.float32(v)) for v in values]
+
+
+def test_layer_parameter_set_overrides_qp_density_and_base():
+    from ecqx.coding.bits import BitWriter
+    from ecqx.coding.hls import NduHeader, _unit, write_ndu
+
+    # LPS (unit type 2) with qp_density 3 and quantization_parameter -40, written field by field (§2.6)
+    w = BitWriter()
+    w.u(6, 2), w.u(1, 1), w.u(1, 0)          # common header
+    w.u(1, 1), w.u(7, 0)                      # lps_self_contained_flag, reserved
+    w.u(1, 0), w.u(1, 0), w.u(1, 0), w.u(1, 0)  # reserved, sparsification, pruning, unification
+    w.u(3, 1), w.u(1, 0)                      # quantization method QSU, reserved
+    w.u(3, 3), w.i(13, -40)
+    w.align()
+    lps = _unit(w.tobytes())
+    levels = torch.tensor([3, 0, -1, 7], dtype=torch.int32)
+    payload, _ = load_native().encode_payload(levels, 1, 4, 0, False, 11, 1, 0, 0, True, 9, True, False, -5)
+    h = NduHeader(name="t", payload_type=PayloadType.NNR_PT_FLOAT, dims=(4,))
+    d = decode_levels(_hand_stream([lps, write_ndu(h, 1, payload)]))["t"]
+    assert (d.qp, d.qp_density) == (-45, 3)
+    assert torch.equal(d.levels, levels)
+    assert torch.equal(d.dequantize(), levels.float() * step_size(-45, 3))
