@@ -90,7 +90,9 @@ def _int32_levels(name: str, value: object, dq: bool = False) -> torch.Tensor:
         raise TypeError(f"tensor {name!r}: levels must have an integer dtype, got {value.dtype}")
     if value.numel() == 0:
         raise ValueError(f"tensor {name!r} is empty; NNC cannot code tensors with a zero dimension")
-    t = value.detach().to("cpu")
+    if value.device.type == "meta":
+        raise ValueError(f"tensor {name!r} is on the meta device and has no data to encode")
+    t = value.detach().to("cpu")  # explicit copy of non-CPU tensors
     if t.dtype != torch.int32:
         wide = t.to(torch.int64)
         lo, hi = int(wide.min()), int(wide.max())

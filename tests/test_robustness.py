@@ -171,10 +171,8 @@ def test_encode_rejects_float_levels(codec):
         codec.encode({"w": torch.randn(4, 4)})  # raw floats are no integer tensor
 
 
-@pytest.mark.xfail(strict=True, reason="coding/api.py::_int32_levels copies non-CPU tensors with .to('cpu'); "
-                   "a meta tensor (no data) then raises torch's NotImplementedError instead of a ValueError/"
-                   "TypeError naming the tensor; fix: check value.device.type == 'meta' first")
 def test_encode_rejects_non_cpu_tensor(codec):
+    """Non-CPU tensors are copied explicitly; one without data (meta device) gets a clear error."""
     meta = torch.empty(4, 4, dtype=torch.int32, device="meta")
     with pytest.raises((TypeError, ValueError), match="w"):
         codec.encode({"w": _desc(codec, meta)})
