@@ -517,12 +517,14 @@ int64_t decode_codebook_nonzero(ArithDecoder& dec, Context* ctx, const Layout& L
 // Nine candidate context states per context, with accumulated bit estimates (spec §8.2). Bins are buffered
 // per context and replayed through the nine parameter sets at once: nine independent dependency chains with
 // compile-time shifts, kept in registers.
-template <int E>
-inline void candidate_update(const UpdateTables& t, int32_t& s0, int32_t& s1, uint64_t& acc, int b) {
+// One candidate's update for bin b: s0_row/s1_row are that bin's transition rows for the candidate's shifts,
+// est_row the bit estimates of bin b (stride 2).
+inline void candidate_update(const int8_t* s0_row, const int16_t* s1_row, const uint32_t* est_row, int32_t& s0,
+                             int32_t& s1, uint32_t& acc) {
   const int32_t p = s1 + 16 * s0;
-  acc += kBitEstimate[512 + (p >> 3)][b];
-  s0 = t.s0_next[kEco[E].sh0 - 4][b][s0 + 128];
-  s1 = t.s1_next[kEco[E].sh1 - 4][b][s1 + 2048];
+  acc += est_row[2 * (p >> 3)];
+  s0 = s0_row[s0];
+  s1 = s1_row[s1];
 }
 
 struct CandidateStates {
@@ -536,25 +538,29 @@ struct CandidateStates {
     }
   }
 
-  template <size_t... E>
-  void replay(const uint8_t* bins, int n, std::index_sequence<E...>) {
-    const UpdateTables& t = update_tables();
-    int32_t l0[kNumEco], l1[kNumEco];
-    uint64_t la[kNumEco];
-    for (int e = 0; e < kNumEco; ++e) {
-      l0[e] = s0[e];
-      l1[e] = s1[e];
-      la[e] = acc[e];
-    }
+  // Replays buffered bins through three candidates at a time (few live values: they stay in registers).
+  // 32-bit partial sums cannot overflow: a buffer holds at most 512 bins of at most ~2^18 each.
+  template <int E0, int E1, int E2>
+  void replay_group(const UpdateTables& t, const uint8_t* bins, int n) {
+    int32_t a0 = s0[E0], b0 = s1[E0], a1 = s0[E1], b1 = s1[E1], a2 = s0[E2], b2 = s1[E2];
+    uint32_t c0 = 0, c1 = 0, c2 = 0;
     for (int i = 0; i < n; ++i) {
       const int b = bins[i];
-      (candidate_update<static_cast<int>(E)>(t, l0[E], l1[E], la[E], b), ...);
+      const uint32_t* est = &kBitEstimate[512][b];
+      candidate_update(&t.s0_next[kEco[E0].sh0 - 4][b][128], &t.s1_next[kEco[E0].sh1 - 4][b][2048], est, a0, b0, c0);
+      candidate_update(&t.s0_next[kEco[E1].sh0 - 4][b][128], &t.s1_next[kEco[E1].sh1 - 4][b][2048], est, a1, b1, c1);
+      candidate_update(&t.s0_next[kEco[E2].sh0 - 4][b][128], &t.s1_next[kEco[E2].sh1 - 4][b][2048], est, a2, b2, c2);
     }
-    for (int e = 0; e < kNumEco; ++e) {
-      s0[e] = l0[e];
-      s1[e] = l1[e];
-      acc[e] = la[e];
-    }
+    s0[E0] = a0, s1[E0] = b0, acc[E0] += c0;
+    s0[E1] = a1, s1[E1] = b1, acc[E1] += c1;
+    s0[E2] = a2, s1[E2] = b2, acc[E2] += c2;
+  }
+
+  void replay(const uint8_t* bins, int n) {
+    const UpdateTables& t = update_tables();
+    replay_group<0, 1, 2>(t, bins, n);
+    replay_group<3, 4, 5>(t, bins, n);
+    replay_group<6, 7, 8>(t, bins, n);
   }
 };
 
@@ -630,8 +636,7 @@ class ParamOptimizer {
  private:
   void flush(int ctx) {
     if (fill_[ctx] == 0) return;
-    states_[ctx].replay(&buffer_[static_cast<size_t>(ctx) * kBuffer], fill_[ctx],
-                        std::make_index_sequence<kNumEco>{});
+    states_[ctx].replay(&buffer_[static_cast<size_t>(ctx) * kBuffer], fill_[ctx]);
     fill_[ctx] = 0;
   }
 
