@@ -386,3 +386,22 @@ def test_state_dict_stream_decodes_in_nncodec(codec, oracle):
         else:
             assert torch.equal(their.to(tensor.dtype), tensor), name
     model.load_state_dict(ours, strict=True)
+
+
+def test_nncodec_public_api_stream_with_defaults(codec, oracle):
+    """``nnc.compress`` with its own defaults (qp −38, nonweight_qp −75, DQ, param_opt) on a model-like dict,
+    including a TAIMP-like 3-D tensor and an int32 buffer."""
+    rs = _rng("compress-defaults")
+    params = {"features.weight": rs.randn(64, 64, 64).astype(np.float32) * np.float32(0.05),
+              "features.bias": rs.randn(64).astype(np.float32),
+              "head.weight": rs.randn(10, 64).astype(np.float32),
+              "steps": np.array([12345], dtype=np.int32)}
+    data = oracle.compress_default(params)
+    theirs = oracle.decode_values(data)
+    ours = codec.decode(data)
+    assert list(ours) == list(params)
+    for name in params:
+        _assert_same_values(ours[name], theirs[name])
+    levels = codec.decode_levels(data)
+    assert levels["features.weight"].qp == -38 and levels["features.bias"].qp == -75
+    assert levels["features.weight"].dq and levels["steps"].qp is None
