@@ -405,3 +405,17 @@ def test_nncodec_public_api_stream_with_defaults(codec, oracle):
     levels = codec.decode_levels(data)
     assert levels["features.weight"].qp == -38 and levels["features.bias"].qp == -75
     assert levels["features.weight"].dq and levels["steps"].qp is None
+
+
+def test_mixed_qp_density_stream_decodes_exactly_in_nncodec(codec, oracle):
+    """Tensors with different qp_density share one mps_qp_density; values must stay exactly level × Δ."""
+    rs = _rng("mixed-density")
+    descs = {"a": _description(codec, rs.randint(-20, 21, size=(6, 7)), -20, qp_density=2),
+             "b": _description(codec, rs.randint(-20, 21, size=(9,)), -3, qp_density=0),
+             "c": _description(codec, rs.randint(-20, 21, size=(5, 4)), -150, qp_density=5)}
+    data = codec.encode(descs)
+    theirs = oracle.decode_values(data)
+    for name, desc in descs.items():
+        expected = _as_array(desc.dequantize())
+        np.testing.assert_array_equal(theirs[name].view(np.int32), expected.view(np.int32))
+        _assert_same_values(codec.decode(data)[name], expected)

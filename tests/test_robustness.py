@@ -251,3 +251,10 @@ def test_encode_rejects_bad_names(codec, name):
 def test_encode_rejects_empty_mapping(codec):
     with pytest.raises(ValueError, match="empty"):
         codec.encode({})
+
+
+def test_encode_rejects_qp_span_one_stream_cannot_carry(codec):
+    ones = torch.ones(3, 3, dtype=torch.int32)
+    # qp_density 2: the per-tensor qp delta is 8 bits, so one stream carries at most 256 consecutive qp values
+    with pytest.raises(ValueError, match="qp"):
+        codec.encode({"a": _desc(codec, ones, -300), "b": _desc(codec, ones, 100)})
