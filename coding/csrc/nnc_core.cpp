@@ -183,7 +183,12 @@ class ArithDecoder {
 
  private:
   uint32_t next_byte() {
-    if (pos_ < size_) return data_[pos_++];
+    if (__builtin_expect(pos_ < size_, 1)) return data_[pos_++];
+    return past_end_byte();
+  }
+
+  // Reading past the payload: zeros for a few bytes (the arithmetic decoder reads ahead), then an error.
+  __attribute__((noinline, cold)) uint32_t past_end_byte() {
     ++pos_;
     if (pos_ > size_ + kMaxOverrunBytes)
       throw BitstreamError("CABAC payload ends before the coded data is complete (truncated or corrupt NDU)");
