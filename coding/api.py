@@ -56,7 +56,8 @@ class DecodedTensor:
             return self.raw_values
         if self.payload_type == PayloadType.NNR_PT_INT:
             return self.levels
-        return self.levels.to(torch.float32) * torch.tensor(self.step, dtype=torch.float32)
+        values = self.levels.to(torch.float32)
+        return values.mul_(torch.tensor(self.step, dtype=torch.float32))  # in place: one allocation
 
 
 @dataclass
