@@ -258,3 +258,21 @@ def test_encode_rejects_qp_span_one_stream_cannot_carry(codec):
     # qp_density 2: the per-tensor qp delta is 8 bits, so one stream carries at most 256 consecutive qp values
     with pytest.raises(ValueError, match="qp"):
         codec.encode({"a": _desc(codec, ones, -300), "b": _desc(codec, ones, 100)})
+
+
+def test_max_elements_bounds_row_skipped_zero_bomb(codec):
+    """All-zero rows cost a fraction of a bit with row skipping, so the width of a row-skipped tensor cannot
+    be bounded by the payload size; the decoder's element limit is what bounds the allocation."""
+    from mutation_corpus import PREFIX, ndu_header, unit
+
+    from ecqx.coding import hls
+
+    small = codec.encode({"w": torch.zeros(64, 16, dtype=torch.int32)}, row_skipping=True)
+    payload = hls.parse_stream(small).ndus[0].payload
+    bomb = PREFIX + unit(ndu_header(b"w", [64, 2**16], payload_type=0) + payload)  # 4 Mi zeros, ~40 bytes
+    assert len(bomb) < 64
+    assert codec.decode_levels(bomb)["w"].levels.shape == (64, 2**16)  # legitimately decodable
+    with pytest.raises(codec.BitstreamError, match="limit"):
+        codec.decode_levels(bomb, max_elements=2**20)
+    with pytest.raises(codec.BitstreamError, match="limit"):
+        codec.decode(bomb, max_elements=2**20)
