@@ -13,6 +13,10 @@ Backends:
   of the reference: with x the layer input, z the layer output and R the relevance arriving at the output,
   R_w = w ⊙ ∂/∂w ⟨z(w), R / stab(z)⟩, stab(z) = z + ε·sign(z) (sign(0) = 1), summed over the batch (and
   spatial positions). R is captured with our own forward/tensor hooks on top of the composite's hooks.
+  No canonizer is needed for the reference's behaviour: with BatchNorm under the Pass rule the BN-to-affine
+  rewrite of the reference changes nothing. A canonizer that folds BN into the preceding convolution changes
+  the relevance arriving at that convolution, while R_w is still computed with the layer's own (unfolded,
+  quantized) weight — use such canonizers deliberately.
 * ``"captum"``: gradient × weight with captum's ``InputXGradient`` applied to the weights (through
   ``torch.func.functional_call``): R_w = w ⊙ Σ_b ∂ logit_{b, y_b} / ∂w / B.
 """
