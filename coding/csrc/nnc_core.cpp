@@ -95,7 +95,21 @@ struct Context {
   }
 };
 
-inline int leading_shift(uint32_t range) { return __builtin_clz(range) - 23; }
+// Renormalisation shift 9 - bitlength(range) for range < 256, 0 for 256..511 (a table: portable builds would
+// otherwise compile clz to the slow bsr instruction).
+struct RenormTable {
+  uint8_t shift[512];
+  RenormTable() {
+    for (int r = 0; r < 512; ++r) {
+      int n = 0;
+      while (r && (r << n) < 256) ++n;
+      shift[r] = static_cast<uint8_t>(n);
+    }
+  }
+};
+const RenormTable kRenorm;
+
+inline int leading_shift(uint32_t range) { return kRenorm.shift[range]; }
 
 // ------------------------------------------------------------------------------------------ decoder engine
 class ArithDecoder {
