@@ -27,6 +27,8 @@ def check_float_tensor(name: str, tensor) -> torch.Tensor:
         raise TypeError(f"{name} must be a floating-point tensor, got dtype {tensor.dtype}")
     if tensor.numel() == 0:
         raise ValueError(f"{name} must not be empty")
+    if not bool(torch.isfinite(tensor).all()):
+        raise ValueError(f"{name} contains NaN or infinite values; only finite values can be quantized")
     return tensor
 
 

@@ -251,8 +251,11 @@ def ec_assign(weights: torch.Tensor, centroids: torch.Tensor, zero_index: int, l
     check_choice("empty_clusters", empty_clusters, EMPTY_CLUSTER_RULES)
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size!r}")
-    if relevance is not None and tuple(relevance.shape) != tuple(weights.shape):
-        raise ValueError(f"relevance shape {tuple(relevance.shape)} != weights shape {tuple(weights.shape)}")
+    if relevance is not None:
+        check_float_tensor("relevance", relevance)
+        if tuple(relevance.shape) != tuple(weights.shape):
+            raise ValueError(f"relevance shape {tuple(relevance.shape)} != weights shape "
+                             f"{tuple(weights.shape)}")
     w = weights.detach().flatten().to(torch.float32)
     c = centroids.to(device=w.device, dtype=torch.float32)
     if not 0 <= zero_index < c.numel() or c[zero_index].item() != 0.0:

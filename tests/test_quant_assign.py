@@ -103,6 +103,12 @@ def test_bad_inputs(weights):
         ec_assign(weights, torch.tensor([-1.0, 0.5, 1.0]), 1, 0.1)
     with pytest.raises(ValueError, match="chunk_size"):
         assign(weights, grid, 0.1, chunk_size=0)
+    with pytest.raises(ValueError, match="weights contains NaN or infinite"):
+        assign(torch.tensor([0.1, float("nan")]), grid, 0.1)
+    with pytest.raises(ValueError, match="relevance contains NaN or infinite"):
+        assign(weights, grid, 0.1, relevance=torch.full_like(weights, float("inf")))
+    with pytest.raises(ValueError, match="weights contains NaN or infinite"):
+        uniform_grid(torch.tensor([0.1, float("inf"), -0.2]))
 
 
 @pytest.mark.parametrize("mode", ["clean", "faithful"])
