@@ -142,7 +142,8 @@ class TensorState:
             return ste_gradient(grad, quantized, self.ste_scale)
         if self.indices is None:
             raise RuntimeError("call requantize() before shadow_gradient() for an EC2T state")
-        shadow_grad, grad_n, grad_p = ec2t_gradients(grad, self.indices, self.w_n.item(), self.w_p.item(),
+        values = self.ternary_values()  # the magnitudes the forward pass used (snapped in clean mode)
+        shadow_grad, grad_n, grad_p = ec2t_gradients(grad, self.indices, -values[0].item(), values[2].item(),
                                                      self.mode)
         for magnitude, g in ((self.w_n, grad_n), (self.w_p, grad_p)):
             g = g.detach().to(magnitude.dtype)
