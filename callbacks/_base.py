@@ -144,6 +144,7 @@ class QuantizationCallback(Callback):
         self.levels: dict[str, torch.Tensor] = {}
         self.tensor_states: dict[str, dict[str, Any]] = {}
         self.stats: dict[str, TensorStats] = {}
+        self.fp_metrics: dict[str, float] = {}
         self._swapped: set[str] = set()
         self._stepped = False
         self._pending_state: dict[str, Any] | None = None
@@ -221,6 +222,7 @@ class QuantizationCallback(Callback):
             for name in self.shadows
         }
         return {"method": self.method, "phase": self.phase, "optimizer_steps": self.optimizer_steps,
+                "fp_metrics": dict(self.fp_metrics),
                 "targets": list(self.targets), "tensors": tensors, "extra": self._extra_state_dict()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -304,6 +306,9 @@ class QuantizationCallback(Callback):
             weights = param.detach()
             self.shadows[name] = weights.clone()
             self.tensor_states[name] = self._build_tensor_state(name, weights, max_numel)
+        # the full-precision model's validation metrics of the last warm-up epoch, for the final comparison
+        self.fp_metrics = {f"fp_{k}": float(v) for k, v in trainer.callback_metrics.items()
+                           if k.startswith("val_") and v.numel() == 1}
         self.phase = PHASE_QUANTIZE
         self._requantize(trainer, pl_module)
         rank_zero_info(
@@ -349,6 +354,7 @@ class QuantizationCallback(Callback):
     def _epoch_metrics(self) -> dict[str, float]:
         metrics = {f"quant/{key}": value for key, value in self.summary().items()}
         metrics["quant/lambda"] = self.lam
+        metrics.update(self.fp_metrics)
         if self.log_per_layer:
             for name, s in self.stats.items():
                 metrics[f"quant/{name}/sparsity"] = s.zeros / s.numel
@@ -364,6 +370,7 @@ class QuantizationCallback(Callback):
             )
         self.phase = state["phase"]
         self.optimizer_steps = state["optimizer_steps"]
+        self.fp_metrics = dict(state.get("fp_metrics", {}))
         params = self._parameters(pl_module)
         for name, entry in state["tensors"].items():
             device = params[name].device

@@ -135,6 +135,8 @@ class NNCExport(Callback):
         result = self._export_everywhere(trainer, pl_module, self.path, self.evaluate)
         for logger in trainer.loggers:
             logger.log_metrics(result.log_values(), step=trainer.global_step)
+        # self.log is not allowed in on_train_end; make the numbers visible to the CLI summary as well
+        trainer.callback_metrics.update({k: torch.tensor(v) for k, v in result.log_values().items()})
         rank_zero_info(_summary_line(result))
 
     def _periodic_path(self, trainer: pl.Trainer) -> Path:

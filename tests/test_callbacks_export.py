@@ -1,0 +1,76 @@
+"""End to end: a tiny model trained with each callback, exported, decoded by NNCodec 2.1.3 and by us."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+from callback_helpers import params, synthetic_loader, tiny_module, tiny_trainer
+
+from ecqx.callbacks import EC2T, ECQ, NNCExport, RateDistortion, ECQx
+from ecqx.callbacks.nnc_export import check_decoded_equal, decode_into_copy
+from ecqx.coding import decode_state_dict
+
+FACTORIES = {
+    "ecq": lambda: ECQ(bits=4, lam=0.1, start_epoch=1),
+    "ecqx": lambda: ECQx(bits=4, lam=0.1, start_epoch=1),
+    "ec2t": lambda: EC2T(lam=0.15, freeze_epoch=2),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", sorted(FACTORIES))
+def test_trained_model_decodes_identically_with_nncodec_and_ecqx(method, tmp_path, oracle):
+    module, quantizer = tiny_module(), FACTORIES[method]()
+    export, report = NNCExport(tmp_path / "model.nnc"), RateDistortion(tmp_path / "rd")
+    trainer = tiny_trainer([quantizer, export, report], max_epochs=3)
+    trainer.fit(module, synthetic_loader(), synthetic_loader(n=64, seed=7))
+
+    data = (tmp_path / "model.nnc").read_bytes()
+    trained = module.state_dict()
+    ours = decode_state_dict(data)
+    assert set(ours) == set(trained)
+    theirs = oracle.decode_values(data)
+    for name in quantizer.targets:  # the quantized weights: bit-exact everywhere
+        assert torch.equal(ours[name], trained[name]), name
+        assert np.array_equal(np.asarray(theirs[name], dtype=np.float32), trained[name].numpy()), name
+    for name, value in trained.items():  # everything else: the fine non-weight step
+        torch.testing.assert_close(ours[name].to(value.dtype), value, rtol=0, atol=1e-5)
+
+    result = export.last_result
+    assert result.nnc_bytes == len(data) and result.float32_bytes == 4 * sum(v.numel() for v in trained.values())
+    metrics = trainer.callback_metrics
+    assert float(metrics["nnc_bytes"]) == len(data)
+    assert float(metrics["nnc_ratio"]) == pytest.approx(len(data) / result.float32_bytes)
+    # the decoded model evaluated with the module's own validation_step == the trained model's own evaluation
+    expected = module.evaluate(synthetic_loader(n=64, seed=7))
+    assert float(metrics["nnc_val_acc"]) == pytest.approx(expected["acc"])
+    assert float(metrics["nnc_val_loss"]) == pytest.approx(expected["loss"], rel=1e-5)
+
+    rows = list(csv.DictReader((tmp_path / "rd" / "rate_distortion.csv").open()))
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2]
+    assert float(rows[-1]["sparsity"]) == pytest.approx(quantizer.summary()["sparsity"])
+    assert (tmp_path / "rd" / "rate_distortion.png").stat().st_size > 1000
+
+
+def test_a_decoded_model_that_differs_from_the_trained_one_raises(tmp_path):
+    module, quantizer, export = tiny_module(), ECQ(bits=4, lam=0.1), NNCExport(tmp_path / "m.nnc", evaluate=False)
+    tiny_trainer([quantizer, export], max_epochs=1, limit_train_batches=2).fit(module, synthetic_loader())
+    decoded = decode_into_copy(module, (tmp_path / "m.nnc").read_bytes())
+    check_decoded_equal(decoded, module, quantizer.quantized_tensors())  # the real export passes
+    with torch.no_grad():
+        decoded.model.fc2.weight[0, 0] += quantizer.quantized_tensors()["model.fc2.weight"].step
+    with pytest.raises(RuntimeError, match=r"decoded 'model.fc2.weight' differs from the trained weights in 1 of"):
+        check_decoded_equal(decoded, module, quantizer.quantized_tensors())
+
+
+def test_periodic_exports_are_written_per_epoch(tmp_path):
+    module = tiny_module()
+    export = NNCExport(tmp_path / "m.nnc", every_n_epochs=2, evaluate=False)
+    tiny_trainer([ECQ(bits=4, lam=0.1), export], max_epochs=4, limit_train_batches=1).fit(module, synthetic_loader())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m-epoch=1.nnc", "m-epoch=3.nnc", "m.nnc"]
+    assert [r.epoch for r in export.results] == [1, 3, 4]
+    assert params(module)["model.fc1.weight"].equal(decode_state_dict((tmp_path / "m.nnc").read_bytes())[
+        "model.fc1.weight"])
