@@ -61,6 +61,8 @@ def evaluate_with_steps(module: pl.LightningModule, loader: Iterable, stage: str
     for metric in module.modules():
         if isinstance(metric, Metric):
             metric.reset()
+            # only the global-zero rank evaluates: a cross-rank sync in compute() would wait forever
+            metric.sync_on_compute = False
     module.log, module.log_dict = collector.log, collector.log_dict
     device = next(module.parameters()).device
     was_training = module.training
