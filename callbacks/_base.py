@@ -1,21 +1,25 @@
-"""Shared base of the ``ECQ``, ``ECQx`` and ``EC2T`` callbacks: shadow weights, phases, checkpoint state, logging.
+"""Shared base of ``ECQ``, ``ECQx`` and ``EC2T``: shadow weights, phases, checkpoint state, logging.
 
 How the user's optimizer and the shadow weights interact
 --------------------------------------------------------
 Nothing in the user's ``LightningModule`` changes: it keeps its parameters and its ``configure_optimizers``
-(a single optimizer, a list, or a dict with an ``lr_scheduler`` — Lightning's automatic optimization supports one
-optimizer). The callback keeps, per quantized tensor, a **full-precision shadow copy** (always its own storage)
+(a single optimizer, a list, or a dict with an ``lr_scheduler`` — Lightning's automatic optimization supports
+one
+optimizer). The callback keeps, per quantized tensor, a **full-precision shadow copy** (always its own
+storage)
 and swaps values in and out of the very same ``nn.Parameter`` objects the optimizer owns:
 
 * forward/backward: the parameters hold the **quantized** values (what the model will ship);
 * ``on_before_optimizer_step`` (called by Lightning only when the optimizer is about to step, i.e. once per
-  ``accumulate_grad_batches`` batches, after AMP un-scaling, before gradient clipping): each gradient is mapped
+  ``accumulate_grad_batches`` batches, after AMP un-scaling, before gradient clipping): each gradient is
+  mapped
   in place by the straight-through rule of the method (spec ecqx-ec2t.md §2.4 step 2 / §4.5) and the parameter
   is loaded with its shadow values, so **the user's optimizer steps the shadow weights** — momentum, Adam
   moments, weight decay and LR schedules all act on the full-precision trajectory, and because they always see
   the same tensors their state stays consistent across steps, checkpoints and resumes;
 * ``on_train_batch_end`` after a step: the stepped values are copied into the shadow buffer, the tensor is
-  re-assigned (entropy-constrained, from the shadow, spec §2.4 step 5) and the quantized values are written back
+  re-assigned (entropy-constrained, from the shadow, spec §2.4 step 5) and the quantized values are written
+  back
   into the parameter. Validation, checkpoints and the export therefore always see quantized weights
   (Lightning moves ``ModelCheckpoint`` behind all other callbacks, so even a checkpoint written at a batch end
   holds quantized values).
@@ -23,7 +27,8 @@ and swaps values in and out of the very same ``nn.Parameter`` objects the optimi
 Before ``start_epoch`` the callback does nothing (full-precision warm-up). At the start of ``start_epoch`` it
 builds the grids from the current weights, clones the shadows and writes the first assignment.
 
-Checkpoints: :meth:`QuantizationCallback.state_dict` holds the phase, the step counter, and per tensor the grid,
+Checkpoints: :meth:`QuantizationCallback.state_dict` holds the phase, the step counter, and per tensor the
+grid,
 shadow, levels and method state (running relevance, EC2T scales and their optimizer). A run resumed with
 ``ckpt_path=`` continues from exactly that state. DDP: gradients reach ``on_before_optimizer_step`` already
 all-reduced, so every rank steps identical shadows and the deterministic assignment gives identical quantized
@@ -104,7 +109,8 @@ class QuantizationCallback(Callback):
         lam: the global entropy gain Λ (γ for EC2T); 0 gives nearest-level rounding.
         start_epoch: first quantized epoch; the epochs before it are plain full-precision warm-up.
         mode: ``"clean"`` (renormalised pmf, thesis λ_max, |level| gradient scale) or ``"faithful"`` (the
-            reference code's pmf update, λ_max and signed gradient scale; spec §7). Grids are always snapped to
+            reference code's pmf update, λ_max and signed gradient scale; spec §7). Grids are always snapped
+            to
             NNC step sizes so the exported file reproduces the trained weights.
         include: regular expressions; if given, only matching tensor names are quantized.
         exclude: regular expressions of tensor names never quantized.
@@ -195,13 +201,15 @@ class QuantizationCallback(Callback):
         if self.phase == PHASE_WARMUP and trainer.current_epoch >= self.start_epoch:
             self._start_quantization(trainer, pl_module)
 
-    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
-                                 optimizer: torch.optim.Optimizer) -> None:
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
         if self.is_active:
             self._hand_gradients_to_shadows(pl_module)
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
-                           batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         if self._stepped:
             self.optimizer_steps += 1
             self._collect_stepped_shadows(pl_module)
@@ -221,9 +229,15 @@ class QuantizationCallback(Callback):
             }
             for name in self.shadows
         }
-        return {"method": self.method, "phase": self.phase, "optimizer_steps": self.optimizer_steps,
-                "fp_metrics": dict(self.fp_metrics),
-                "targets": list(self.targets), "tensors": tensors, "extra": self._extra_state_dict()}
+        return {
+            "method": self.method,
+            "phase": self.phase,
+            "optimizer_steps": self.optimizer_steps,
+            "fp_metrics": dict(self.fp_metrics),
+            "targets": list(self.targets),
+            "tensors": tensors,
+            "extra": self._extra_state_dict(),
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if state_dict.get("method") != self.method:
@@ -244,14 +258,15 @@ class QuantizationCallback(Callback):
     def _check_strategy_and_optimization(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not pl_module.automatic_optimization:
             raise ValueError(
-                f"{type(self).__name__} needs Lightning's automatic optimization (it hands the gradients to the "
-                "shadow weights in `on_before_optimizer_step`), but the module sets "
+                f"{type(self).__name__} needs Lightning's automatic optimization (it hands the gradients to "
+                "the shadow weights in `on_before_optimizer_step`), but the module sets "
                 "`automatic_optimization = False`. HINT: use automatic optimization."
             )
         if not isinstance(trainer.strategy, (SingleDeviceStrategy, DDPStrategy)):
             raise ValueError(
                 f"{type(self).__name__} supports the single-device and DDP strategies, got "
-                f"{type(trainer.strategy).__name__}. Sharded strategies (FSDP, DeepSpeed) split the parameters "
+                f"{type(trainer.strategy).__name__}. Sharded strategies (FSDP, DeepSpeed) split the"
+                " parameters "
                 "the callback must see whole."
             )
         precision = str(trainer.precision)
@@ -262,13 +277,19 @@ class QuantizationCallback(Callback):
             )
 
     def _select_targets(self, pl_module: pl.LightningModule) -> list[str]:
-        targets = select_targets(pl_module, include=self.include, exclude=self.exclude,
-                                 exclude_first=self.exclude_first, exclude_last=self.exclude_last)
+        targets = select_targets(
+            pl_module,
+            include=self.include,
+            exclude=self.exclude,
+            exclude_first=self.exclude_first,
+            exclude_last=self.exclude_last,
+        )
         if not targets:
             raise ValueError(
                 f"{type(self).__name__} found no layer to quantize in {type(pl_module).__name__} "
                 f"(include={self.include!r}, exclude={self.exclude!r}, exclude_first={self.exclude_first}, "
-                f"exclude_last={self.exclude_last}). Quantized are the weights of Conv1d/2d/3d and Linear layers."
+                f"exclude_last={self.exclude_last})."
+                " Quantized are the weights of Conv1d/2d/3d and Linear layers."
             )
         return targets
 
@@ -276,9 +297,13 @@ class QuantizationCallback(Callback):
         params = dict(pl_module.named_parameters())
         for name in self.targets:
             if name not in params:
-                raise ValueError(f"quantization target '{name}' is not a parameter of {type(pl_module).__name__}")
+                raise ValueError(
+                    f"quantization target '{name}' is not a parameter of {type(pl_module).__name__}"
+                )
             if params[name].dtype != torch.float32:
-                raise ValueError(f"quantization target '{name}' has dtype {params[name].dtype}; needs float32")
+                raise ValueError(
+                    f"quantization target '{name}' has dtype {params[name].dtype}; needs float32"
+                )
 
     def _check_optimizers(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         stepped = {id(p) for opt in trainer.optimizers for group in opt.param_groups for p in group["params"]}
@@ -291,8 +316,10 @@ class QuantizationCallback(Callback):
             )
         for opt in trainer.optimizers:
             if isinstance(opt, torch.optim.LBFGS):
-                raise ValueError(f"{type(self).__name__} does not support LBFGS (the closure runs several "
-                                 "times per step, the shadow swap happens once). Use a first-order optimizer.")
+                raise ValueError(
+                    f"{type(self).__name__} does not support LBFGS (the closure runs several "
+                    "times per step, the shadow swap happens once). Use a first-order optimizer."
+                )
 
     # ------------------------------------------------------------------ mechanics
     def _parameters(self, pl_module: pl.LightningModule) -> dict[str, torch.nn.Parameter]:
@@ -307,13 +334,17 @@ class QuantizationCallback(Callback):
             self.shadows[name] = weights.clone()
             self.tensor_states[name] = self._build_tensor_state(name, weights, max_numel)
         # the full-precision model's validation metrics of the last warm-up epoch, for the final comparison
-        self.fp_metrics = {f"fp_{k}": float(v) for k, v in trainer.callback_metrics.items()
-                           if k.startswith("val_") and v.numel() == 1}
+        self.fp_metrics = {
+            f"fp_{k}": float(v)
+            for k, v in trainer.callback_metrics.items()
+            if k.startswith("val_") and v.numel() == 1
+        }
         self.phase = PHASE_QUANTIZE
         self._requantize(trainer, pl_module)
         rank_zero_info(
             f"{type(self).__name__}: quantizing {len(params)} tensors from epoch {trainer.current_epoch} "
-            f"(sparsity {self.summary()['sparsity']:.3f}, {self.summary()['bits_per_weight']:.3f} bits/weight)"
+            f"(sparsity {self.summary()['sparsity']:.3f}, "
+            f"{self.summary()['bits_per_weight']:.3f} bits/weight)"
         )
 
     @torch.no_grad()
@@ -396,7 +427,7 @@ class QuantizationCallback(Callback):
         raise NotImplementedError
 
     def _after_shadow_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any) -> None:
-        """Called after the shadows took the optimizer step, before re-assignment (ECQx relevances, EC2T scales)."""
+        """Runs after the shadows took the optimizer step, before re-assignment (ECQx relevances, EC2T)."""
 
     def _tensor_state_dict(self, name: str) -> dict[str, Any]:
         return {}

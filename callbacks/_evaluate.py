@@ -1,9 +1,11 @@
 """Evaluate a (decoded) copy of a LightningModule with its own ``validation_step`` / ``test_step``.
 
-The copy is detached from the trainer (``copy.deepcopy`` drops the trainer reference), so ``self.log`` inside the
+The copy is detached from the trainer (``copy.deepcopy`` drops the trainer reference), so ``self.log`` inside
+the
 step cannot reach Lightning's result collection. :func:`evaluate_with_steps` therefore replaces ``log`` and
 ``log_dict`` on the copy with a collector: plain values are averaged weighted by batch size, torchmetrics
-``Metric`` objects are reset before the loop and computed once after it, exactly as Lightning does at epoch end.
+``Metric`` objects are reset before the loop and computed once after it, exactly as Lightning does at epoch
+end.
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ def evaluate_with_steps(module: pl.LightningModule, loader: Iterable, stage: str
             metric.reset()
             # only the global-zero rank evaluates: a cross-rank sync in compute() would wait forever
             metric.sync_on_compute = False
+            metric._to_sync = False  # torchmetrics reads this private copy of the flag in compute()
     module.log, module.log_dict = collector.log, collector.log_dict
     device = next(module.parameters()).device
     was_training = module.training

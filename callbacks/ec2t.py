@@ -1,13 +1,16 @@
 """``EC2T``: entropy-constrained trained ternarization (spec ecqx-ec2t.md §4) as a Lightning callback.
 
-Per ternary tensor the callback holds two learned magnitudes w_n, w_p (0-d float tensors) and a fixed NNC step Δ
+Per ternary tensor the callback holds two learned magnitudes w_n, w_p (0-d float tensors) and a fixed NNC
+step Δ
 chosen when quantization starts (:func:`ecqx.ec2t.ternary_step`). The values used in training are always
 {−a, 0, b}·Δ with a, b the rounded magnitudes (:func:`ecqx.ec2t.ternary_grid`), so the exported codebook
-[−a, 0, b] reproduces them exactly (also in faithful mode; there ``mode`` only selects the reference's pmf update
+[−a, 0, b] reproduces them exactly (also in faithful mode; there ``mode`` only selects the reference's pmf
+update
 and the sign of the w_n gradient).
 
 The magnitudes are not parameters of the user's module: the callback steps them with its own Adam
-(``centroid_lr``, spec §4.6 ``--lr2`` = 1e-5) right after the user's optimizer stepped the shadows, then clamps
+(``centroid_lr``, spec §4.6 ``--lr2`` = 1e-5) right after the user's optimizer stepped the shadows, then
+clamps
 them to ≥ 0.675·std(shadow) and re-assigns. From ``freeze_epoch`` on (the reference's frozen-assignment phase)
 the assignment is kept, the shadows are no longer stepped (their gradient is set to ``None``) and only the
 magnitudes and the non-quantized parameters train. The magnitude optimizer's state is part of the checkpoint.
@@ -68,12 +71,27 @@ class EC2T(QuantizationCallback):
 
     method = "ec2t"
 
-    def __init__(self, lam: float = 0.15, start_epoch: int = 0, freeze_epoch: int | None = None,
-                 init_scale: float = DEFAULT_INIT_SCALE, centroid_lr: float = 1e-5,
-                 resolution: int = DEFAULT_RESOLUTION, mode: str = "clean", exclude_first: bool = True,
-                 exclude_last: bool = True, **kwargs: Any) -> None:
-        super().__init__(lam=lam, start_epoch=start_epoch, mode=mode, exclude_first=exclude_first,
-                         exclude_last=exclude_last, **kwargs)
+    def __init__(
+        self,
+        lam: float = 0.15,
+        start_epoch: int = 0,
+        freeze_epoch: int | None = None,
+        init_scale: float = DEFAULT_INIT_SCALE,
+        centroid_lr: float = 1e-5,
+        resolution: int = DEFAULT_RESOLUTION,
+        mode: str = "clean",
+        exclude_first: bool = True,
+        exclude_last: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            lam=lam,
+            start_epoch=start_epoch,
+            mode=mode,
+            exclude_first=exclude_first,
+            exclude_last=exclude_last,
+            **kwargs,
+        )
         if freeze_epoch is not None:
             check_int("freeze_epoch", freeze_epoch, start_epoch)
         check_number("init_scale", init_scale, 0.0, 1.0)
@@ -92,7 +110,11 @@ class EC2T(QuantizationCallback):
     # ---------------------------------------------------------------- phases
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_epoch_start(trainer, pl_module)
-        if self.phase == PHASE_QUANTIZE and self.freeze_epoch is not None and trainer.current_epoch >= self.freeze_epoch:
+        if (
+            self.phase == PHASE_QUANTIZE
+            and self.freeze_epoch is not None
+            and trainer.current_epoch >= self.freeze_epoch
+        ):
             self.phase = PHASE_FROZEN
 
     def _build_tensor_state(self, name: str, weights: torch.Tensor, max_numel: int) -> dict[str, Any]:
@@ -101,9 +123,12 @@ class EC2T(QuantizationCallback):
         state = {
             "w_n": torch.tensor(w_n, dtype=torch.float32, device=weights.device),
             "w_p": torch.tensor(w_p, dtype=torch.float32, device=weights.device),
-            "qp": qp, "qp_density": qp_density, "step": step,
+            "qp": qp,
+            "qp_density": qp_density,
+            "step": step,
             "decay": size_decay(weights.numel(), max_numel),
-            "indices": None, "grid": None,
+            "indices": None,
+            "grid": None,
         }
         self._centroid_optimizer = None  # rebuilt over all magnitudes on first use
         return state
@@ -143,8 +168,14 @@ class EC2T(QuantizationCallback):
 
     def _reassign(self, name: str, shadow: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, TensorStats]:
         state = self.tensor_states[name]
-        grid = ternary_grid(state["w_n"].item(), state["w_p"].item(), state["qp"], state["qp_density"],
-                            state["step"], floor=magnitude_floor(shadow))
+        grid = ternary_grid(
+            state["w_n"].item(),
+            state["w_p"].item(),
+            state["qp"],
+            state["qp_density"],
+            state["step"],
+            floor=magnitude_floor(shadow),
+        )
         values = grid.values(shadow.device)
         lam = 0.0
         if self.phase == PHASE_FROZEN and state["indices"] is not None:
@@ -158,23 +189,33 @@ class EC2T(QuantizationCallback):
 
     def _describe(self, name: str) -> QuantizedTensor:
         grid: Grid = self.tensor_states[name]["grid"]
-        return QuantizedTensor(self.levels[name].to(torch.int32), grid.qp, grid.qp_density,
-                               codebook=grid.level_tensor())
+        return QuantizedTensor(
+            self.levels[name].to(torch.int32), grid.qp, grid.qp_density, codebook=grid.level_tensor()
+        )
 
     # ---------------------------------------------------------------- checkpoint state
     def _tensor_state_dict(self, name: str) -> dict[str, Any]:
         state = self.tensor_states[name]
         return {
-            "w_n": state["w_n"].detach().clone(), "w_p": state["w_p"].detach().clone(),
-            "qp": state["qp"], "qp_density": state["qp_density"], "step": state["step"],
-            "decay": state["decay"], "indices": state["indices"].clone(), "grid": state["grid"].to_dict(),
+            "w_n": state["w_n"].detach().clone(),
+            "w_p": state["w_p"].detach().clone(),
+            "qp": state["qp"],
+            "qp_density": state["qp_density"],
+            "step": state["step"],
+            "decay": state["decay"],
+            "indices": state["indices"].clone(),
+            "grid": state["grid"].to_dict(),
         }
 
     def _load_tensor_state(self, name: str, entry: dict[str, Any], device: torch.device) -> None:
         self.tensor_states[name] = {
-            "w_n": entry["w_n"].to(device).clone(), "w_p": entry["w_p"].to(device).clone(),
-            "qp": entry["qp"], "qp_density": entry["qp_density"], "step": entry["step"],
-            "decay": entry["decay"], "indices": entry["indices"].to(device).clone(),
+            "w_n": entry["w_n"].to(device).clone(),
+            "w_p": entry["w_p"].to(device).clone(),
+            "qp": entry["qp"],
+            "qp_density": entry["qp_density"],
+            "step": entry["step"],
+            "decay": entry["decay"],
+            "indices": entry["indices"].to(device).clone(),
             "grid": Grid.from_dict(entry["grid"]),
         }
 

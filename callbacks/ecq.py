@@ -1,4 +1,4 @@
-"""``ECQ`` and ``ECQx``: entropy-constrained quantization-aware training on a fixed uniform b-bit grid per tensor.
+"""``ECQ`` and ``ECQx``: entropy-constrained quantization-aware training on a fixed b-bit grid per tensor.
 
 The maths is :mod:`ecqx` (grids :func:`ecqx.grid.uniform_grid`, assignment :func:`ecqx.assign.assign`, the
 straight-through rule :func:`ecqx.ste.ste_gradient`, relevances :func:`ecqx.relevance.weight_relevances`); the
@@ -6,10 +6,12 @@ shadow-weight mechanics are in :mod:`ecqx.callbacks._base`.
 
 ECQx relevances (spec ecqx-ec2t.md §3.1): after the shadow step and before the re-assignment, every
 ``relevance_every_n_steps`` optimizer steps, LRP weight relevances are computed on the live model in eval mode
-holding the current quantized weights, either on the current training batch (``relevance_source="batch"``, as the
+holding the current quantized weights, either on the current training batch (``relevance_source="batch"``, as
+the
 reference does) or on the first ``relevance_batches`` batches of the validation loader (``"val"``, a fixed
 reference set). Under DDP they are averaged over ranks. The running relevance is
-R ← (1 − α)·R_new + α·R_prev (α = ``alpha``, the weight of the *previous* value, spec §3.1) and is reset at the
+R ← (1 − α)·R_new + α·R_prev (α = ``alpha``, the weight of the *previous* value, spec §3.1) and is reset at
+the
 start of every epoch as in the reference.
 """
 
@@ -41,8 +43,13 @@ def level_entropy_bits(levels: torch.Tensor) -> float:
 
 
 def tensor_stats(levels: torch.Tensor, lam: float, relevance_flips: int = 0) -> TensorStats:
-    return TensorStats(numel=levels.numel(), zeros=int((levels == 0).sum()),
-                       entropy_bits=level_entropy_bits(levels), lam=lam, relevance_flips=relevance_flips)
+    return TensorStats(
+        numel=levels.numel(),
+        zeros=int((levels == 0).sum()),
+        entropy_bits=level_entropy_bits(levels),
+        lam=lam,
+        relevance_flips=relevance_flips,
+    )
 
 
 class ECQ(QuantizationCallback):
@@ -64,8 +71,15 @@ class ECQ(QuantizationCallback):
 
     method = "ecq"
 
-    def __init__(self, bits: int = 4, lam: float = 0.05, start_epoch: int = 0, mode: str = "clean",
-                 gradient_scale: str | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        bits: int = 4,
+        lam: float = 0.05,
+        start_epoch: int = 0,
+        mode: str = "clean",
+        gradient_scale: str | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(lam=lam, start_epoch=start_epoch, mode=mode, **kwargs)
         if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 8:
             raise ValueError(f"`bits` must be an integer in 2..8, got {bits!r}")
@@ -87,10 +101,21 @@ class ECQ(QuantizationCallback):
 
     def _reassign(self, name: str, shadow: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, TensorStats]:
         state = self.tensor_states[name]
-        result = assign(shadow, state["grid"], self.lam, state["decay"], self.mode,
-                        relevance=self._relevance(name), p=getattr(self, "p", DEFAULT_P))
+        result = assign(
+            shadow,
+            state["grid"],
+            self.lam,
+            state["decay"],
+            self.mode,
+            relevance=self._relevance(name),
+            p=getattr(self, "p", DEFAULT_P),
+        )
         levels = levels_of(result, state["grid"])
-        return levels, values_of(result, state["grid"]), tensor_stats(levels, result.lam, result.relevance_flips)
+        return (
+            levels,
+            values_of(result, state["grid"]),
+            tensor_stats(levels, result.lam, result.relevance_flips),
+        )
 
     def _describe(self, name: str) -> QuantizedTensor:
         grid: Grid = self.tensor_states[name]["grid"]
@@ -127,12 +152,25 @@ class ECQx(ECQ):
 
     method = "ecqx"
 
-    def __init__(self, bits: int = 4, lam: float = 0.05, start_epoch: int = 0, mode: str = "clean",
-                 gradient_scale: str | None = None, p: float = DEFAULT_P, alpha: float = 0.1,
-                 relevance_every_n_steps: int = 1, relevance_source: str = "batch", relevance_batches: int = 1,
-                 backend: str = "zennit", composite: Any = None, **kwargs: Any) -> None:
-        super().__init__(bits=bits, lam=lam, start_epoch=start_epoch, mode=mode, gradient_scale=gradient_scale,
-                         **kwargs)
+    def __init__(
+        self,
+        bits: int = 4,
+        lam: float = 0.05,
+        start_epoch: int = 0,
+        mode: str = "clean",
+        gradient_scale: str | None = None,
+        p: float = DEFAULT_P,
+        alpha: float = 0.1,
+        relevance_every_n_steps: int = 1,
+        relevance_source: str = "batch",
+        relevance_batches: int = 1,
+        backend: str = "zennit",
+        composite: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            bits=bits, lam=lam, start_epoch=start_epoch, mode=mode, gradient_scale=gradient_scale, **kwargs
+        )
         check_number("p", p, 0.0, 1.0)
         check_number("alpha", alpha, 0.0, 1.0)
         check_int("relevance_every_n_steps", relevance_every_n_steps, 1)
@@ -164,10 +202,13 @@ class ECQx(ECQ):
         for name in self.targets:
             new = trainer.strategy.reduce(fresh[name].detach().float(), reduce_op="mean")
             previous = self.relevances.get(name)
-            self.relevances[name] = new if previous is None else (1 - self.alpha) * new + self.alpha * previous
+            self.relevances[name] = (
+                new if previous is None else (1 - self.alpha) * new + self.alpha * previous
+            )
 
-    def _compute_relevances(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
-                            batch: Any) -> dict[str, torch.Tensor]:
+    def _compute_relevances(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any
+    ) -> dict[str, torch.Tensor]:
         from ecqx.relevance import weight_relevances
 
         batches = [batch] if self.relevance_source == "batch" else self._reference_batches(trainer, pl_module)
@@ -178,8 +219,14 @@ class ECQx(ECQ):
             with torch.enable_grad():
                 for item in batches:
                     inputs, targets = _inputs_and_targets(item)
-                    found = weight_relevances(pl_module, inputs, targets, backend=self.backend,
-                                              composite=self.composite, names=self.targets)
+                    found = weight_relevances(
+                        pl_module,
+                        inputs,
+                        targets,
+                        backend=self.backend,
+                        composite=self.composite,
+                        names=self.targets,
+                    )
                     for name in self.targets:
                         total[name] = found[name] if name not in total else total[name] + found[name]
         finally:
@@ -189,8 +236,10 @@ class ECQx(ECQ):
     def _reference_batches(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[Any]:
         loader = find_loader(trainer, "val")
         if loader is None:
-            raise RuntimeError("ECQx(relevance_source='val') found no validation dataloader. HINT: give the "
-                               "trainer a validation loader or use relevance_source='batch'.")
+            raise RuntimeError(
+                "ECQx(relevance_source='val') found no validation dataloader. HINT: give the "
+                "trainer a validation loader or use relevance_source='batch'."
+            )
         batches = []
         for index, item in enumerate(loader):
             if index == self.relevance_batches:

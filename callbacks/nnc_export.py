@@ -2,7 +2,8 @@
 
 At the end of fit (and optionally every ``every_n_epochs`` epochs or at every checkpoint) the callback
 
-1. takes the quantized-tensor descriptions from the quantization callback of the same trainer (``ECQ``, ``ECQx``
+1. takes the quantized-tensor descriptions from the quantization callback of the same trainer (``ECQ``,
+   ``ECQx``
    or ``EC2T``; without one, every tensor is coded with the fine non-weight step),
 2. encodes ``pl_module.state_dict()`` with :func:`ecqx.coding.encode_state_dict` and writes ``path``,
 3. decodes the bytes into a fresh ``copy.deepcopy`` of the LightningModule (``load_state_dict(strict=True)``),
@@ -12,7 +13,8 @@ At the end of fit (and optionally every ``every_n_epochs`` epochs or at every ch
    metrics prefixed with ``nnc_`` (e.g. ``nnc_val_acc``).
 
 Only the global-zero rank encodes, writes and evaluates; the result is broadcast so every rank logs the same
-numbers (the broadcast is the barrier). The native coder is built/loaded in ``setup`` so that a missing compiler
+numbers (the broadcast is the barrier). The native coder is built/loaded in ``setup`` so that a missing
+compiler
 fails before the first training step, not after the last one.
 """
 
@@ -88,8 +90,9 @@ class NNCExport(Callback):
     ) -> None:
         if not isinstance(path, (str, Path)) or not str(path):
             raise ValueError(f"`path` must be a non-empty file path, got {path!r}")
-        if every_n_epochs is not None and (isinstance(every_n_epochs, bool) or not isinstance(every_n_epochs, int)
-                                           or every_n_epochs < 1):
+        if every_n_epochs is not None and (
+            isinstance(every_n_epochs, bool) or not isinstance(every_n_epochs, int) or every_n_epochs < 1
+        ):
             raise ValueError(f"`every_n_epochs` must be None or an integer >= 1, got {every_n_epochs!r}")
         if stage not in STEP_NAMES:
             raise ValueError(f"`stage` must be one of {sorted(STEP_NAMES)}, got {stage!r}")
@@ -126,8 +129,9 @@ class NNCExport(Callback):
         result = self._export_everywhere(trainer, pl_module, self._periodic_path(trainer), self.evaluate)
         pl_module.log_dict(result.log_values(), on_epoch=True)
 
-    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
-                           checkpoint: dict[str, Any]) -> None:
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
         if self.on_checkpoint:
             self._export_everywhere(trainer, pl_module, self._periodic_path(trainer), evaluate=False)
 
@@ -142,8 +146,9 @@ class NNCExport(Callback):
     def _periodic_path(self, trainer: pl.Trainer) -> Path:
         return self.path.with_name(f"{self.path.stem}-epoch={trainer.current_epoch}{self.path.suffix}")
 
-    def _export_everywhere(self, trainer: pl.Trainer, pl_module: pl.LightningModule, path: Path,
-                           evaluate: bool) -> ExportResult:
+    def _export_everywhere(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, path: Path, evaluate: bool
+    ) -> ExportResult:
         """Export on global zero, share the result with every rank (which also makes the others wait)."""
         payload = None
         if trainer.is_global_zero:
@@ -153,8 +158,9 @@ class NNCExport(Callback):
         self.results.append(result)
         return result
 
-    def _export(self, trainer: pl.Trainer, pl_module: pl.LightningModule, path: Path,
-                evaluate: bool) -> ExportResult:
+    def _export(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, path: Path, evaluate: bool
+    ) -> ExportResult:
         quantized = _quantized_descriptions(trainer, pl_module)
         state_dict = pl_module.state_dict()
         data = coding.encode_state_dict(state_dict, quantized, nonweight_qp=self.nonweight_qp)
@@ -163,9 +169,14 @@ class NNCExport(Callback):
         decoded = decode_into_copy(pl_module, data)
         check_decoded_equal(decoded, pl_module, quantized)
         metrics = self._evaluate(trainer, decoded) if evaluate else {}
-        return ExportResult(path=str(path), epoch=trainer.current_epoch, nnc_bytes=len(data),
-                            float32_bytes=float32_size(state_dict), num_quantized=len(quantized),
-                            metrics=metrics)
+        return ExportResult(
+            path=str(path),
+            epoch=trainer.current_epoch,
+            nnc_bytes=len(data),
+            float32_bytes=float32_size(state_dict),
+            num_quantized=len(quantized),
+            metrics=metrics,
+        )
 
     def _evaluate(self, trainer: pl.Trainer, decoded: pl.LightningModule) -> dict[str, float]:
         loader = find_loader(trainer, self.stage)
@@ -190,8 +201,9 @@ def decode_into_copy(pl_module: pl.LightningModule, data: bytes) -> pl.Lightning
     return fresh
 
 
-def check_decoded_equal(decoded: pl.LightningModule, trained: pl.LightningModule,
-                        quantized: dict[str, Any]) -> None:
+def check_decoded_equal(
+    decoded: pl.LightningModule, trained: pl.LightningModule, quantized: dict[str, Any]
+) -> None:
     """Raise ``RuntimeError`` unless every quantized tensor decoded to exactly the trained value."""
     decoded_state, trained_state = decoded.state_dict(), trained.state_dict()
     for name in quantized:
@@ -199,8 +211,10 @@ def check_decoded_equal(decoded: pl.LightningModule, trained: pl.LightningModule
         if not torch.equal(got, want):
             differing = int((got != want).sum())
             raise RuntimeError(
-                f"NNC export check failed: decoded '{name}' differs from the trained weights in {differing} of "
-                f"{want.numel()} values (max |diff| {float((got - want).abs().max()):.3g}). The bitstream does "
+                f"NNC export check failed: decoded '{name}' differs from the trained weights in"
+                f" {differing} of "
+                f"{want.numel()} values (max |diff| {float((got - want).abs().max()):.3g}). The bitstream"
+                " does "
                 "not reproduce the trained model."
             )
 
@@ -212,6 +226,8 @@ def float32_size(state_dict: dict[str, torch.Tensor]) -> int:
 
 def _summary_line(result: ExportResult) -> str:
     metrics = ", ".join(f"{k}={v:.4f}" for k, v in sorted(result.metrics.items()))
-    return (f"NNCExport: wrote {result.path}: {result.nnc_bytes} bytes = {100 * result.ratio:.2f}% of float32 "
-            f"({result.float32_bytes} bytes), {result.num_quantized} quantized tensors decoded bit-exactly"
-            + (f"; decoded model: {metrics}" if metrics else ""))
+    return (
+        f"NNCExport: wrote {result.path}: {result.nnc_bytes} bytes = {100 * result.ratio:.2f}% of float32 "
+        f"({result.float32_bytes} bytes), {result.num_quantized} quantized tensors decoded bit-exactly"
+        + (f"; decoded model: {metrics}" if metrics else "")
+    )

@@ -3,7 +3,8 @@
 Each row holds the epoch, the monitored accuracy (``monitor``, default ``val_acc``), the ``.nnc`` size when an
 :class:`~ecqx.callbacks.NNCExport` exported in that epoch (list ``NNCExport`` *before* ``RateDistortion`` in
 ``callbacks`` so its export of the epoch is seen), the entropy estimate of the quantized tensors in bytes, the
-sparsity and the bits per weight of the quantization callback, and Λ. Rows of several runs (e.g. a Λ sweep) are
+sparsity and the bits per weight of the quantization callback, and Λ. Rows of several runs (e.g. a Λ sweep)
+are
 overlaid with :func:`plot_rate_distortion`.
 """
 
@@ -103,9 +104,10 @@ def read_rows(path: str | Path) -> list[dict[str, float]]:
         return [{key: float(value) for key, value in row.items()} for row in csv.DictReader(handle)]
 
 
-def plot_rate_distortion(csv_paths: Sequence[str | Path], out_png: str | Path,
-                         labels: Sequence[str] | None = None) -> Path:
-    """Plot accuracy vs size (``.nnc`` bytes where exported, else the entropy estimate) for one or more runs."""
+def plot_rate_distortion(
+    csv_paths: Sequence[str | Path], out_png: str | Path, labels: Sequence[str] | None = None
+) -> Path:
+    """Plot accuracy vs size (``.nnc`` bytes where exported, else the entropy estimate) for several runs."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -117,7 +119,13 @@ def plot_rate_distortion(csv_paths: Sequence[str | Path], out_png: str | Path,
     for index, path in enumerate(csv_paths):
         rows = read_rows(path)
         sizes = [r["nnc_bytes"] if not math.isnan(r["nnc_bytes"]) else r["estimated_bytes"] for r in rows]
-        label = labels[index] if labels is not None else f"{Path(path).stem} (Λ={rows[0]['lam']:g})" if rows else ""
+        label = (
+            labels[index]
+            if labels is not None
+            else f"{Path(path).stem} (Λ={rows[0]['lam']:g})"
+            if rows
+            else ""
+        )
         axes.plot([s / 1024 for s in sizes], [r["accuracy"] for r in rows], marker="o", label=label)
     axes.set_xlabel("size [KiB] (.nnc where exported, else entropy estimate)")
     axes.set_ylabel("accuracy")

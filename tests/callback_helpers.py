@@ -22,12 +22,22 @@ def synthetic_loader(n: int = 128, batch_size: int = 32, seed: int = 0) -> DataL
 
 def tiny_module(seed: int = 0, hidden=(32, 32), **kwargs) -> ClassificationModule:
     torch.manual_seed(seed)
-    return ClassificationModule(mlp(IN_FEATURES, list(hidden), NUM_CLASSES), num_classes=NUM_CLASSES, **kwargs)
+    return ClassificationModule(
+        mlp(IN_FEATURES, list(hidden), NUM_CLASSES), num_classes=NUM_CLASSES, **kwargs
+    )
 
 
 def tiny_trainer(callbacks, max_epochs: int = 3, **kwargs) -> pl.Trainer:
-    options = dict(max_epochs=max_epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                   enable_model_summary=False, accelerator="cpu", devices=1, deterministic=True)
+    options = dict(
+        max_epochs=max_epochs,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        devices=1,
+        deterministic=True,
+    )
     options.update(kwargs)
     return pl.Trainer(callbacks=callbacks, **options)
 

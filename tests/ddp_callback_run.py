@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from callback_helpers import synthetic_loader, tiny_module  # noqa: E402
 
-from ecqx.callbacks import NNCExport, ECQx  # noqa: E402
+from ecqx.callbacks import ECQx, NNCExport  # noqa: E402
 
 GLOBAL_BATCH = 32
 
@@ -28,9 +28,16 @@ def run(out_dir: Path, devices: int) -> dict:
     quantizer = ECQx(bits=4, lam=0.1, start_epoch=1)
     export = NNCExport(out_dir / "model.nnc")
     trainer = pl.Trainer(
-        max_epochs=2, accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto",
-        callbacks=[quantizer, export], logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, deterministic=True,
+        max_epochs=2,
+        accelerator="cpu",
+        devices=devices,
+        strategy="ddp" if devices > 1 else "auto",
+        callbacks=[quantizer, export],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        deterministic=True,
     )
     per_rank = GLOBAL_BATCH // devices
     trainer.fit(module, synthetic_loader(n=256, batch_size=per_rank), synthetic_loader(n=64, seed=7))

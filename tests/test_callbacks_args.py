@@ -6,7 +6,7 @@ import pytest
 import torch
 from callback_helpers import synthetic_loader, tiny_module, tiny_trainer
 
-from ecqx.callbacks import EC2T, ECQ, NNCExport, RateDistortion, ECQx
+from ecqx.callbacks import EC2T, ECQ, ECQx, NNCExport, RateDistortion
 
 
 @pytest.mark.parametrize(
@@ -17,17 +17,29 @@ from ecqx.callbacks import EC2T, ECQ, NNCExport, RateDistortion, ECQx
         (lambda: ECQ(lam=-0.1), r"`lam` must be a number in >= 0.0, got -0.1"),
         (lambda: ECQ(start_epoch=-1), r"`start_epoch` must be an integer >= 0, got -1"),
         (lambda: ECQ(mode="exact"), r"`mode` must be one of \('clean', 'faithful'\), got 'exact'"),
-        (lambda: ECQ(gradient_scale="sign"), r"`gradient_scale` must be one of \('abs', 'signed', 'identity'\)"),
+        (
+            lambda: ECQ(gradient_scale="sign"),
+            r"`gradient_scale` must be one of \('abs', 'signed', 'identity'\)",
+        ),
         (lambda: ECQx(p=1.5), r"`p` must be a number in \[0.0, 1.0\], got 1.5"),
         (lambda: ECQx(alpha=-1), r"`alpha` must be a number in \[0.0, 1.0\], got -1"),
-        (lambda: ECQx(relevance_every_n_steps=0), r"`relevance_every_n_steps` must be an integer >= 1, got 0"),
-        (lambda: ECQx(relevance_source="test"), r"`relevance_source` must be one of \('batch', 'val'\), got 'test'"),
+        (
+            lambda: ECQx(relevance_every_n_steps=0),
+            r"`relevance_every_n_steps` must be an integer >= 1, got 0",
+        ),
+        (
+            lambda: ECQx(relevance_source="test"),
+            r"`relevance_source` must be one of \('batch', 'val'\), got 'test'",
+        ),
         (lambda: ECQx(backend="lime"), r"`backend` must be one of \('zennit', 'captum'\), got 'lime'"),
         (lambda: EC2T(start_epoch=2, freeze_epoch=1), r"`freeze_epoch` must be an integer >= 2, got 1"),
         (lambda: EC2T(init_scale=0), r"`init_scale` must be in \(0, 1\], got 0"),
         (lambda: EC2T(resolution=17), r"`resolution` must be an integer in 1..16, got 17"),
         (lambda: NNCExport(""), r"`path` must be a non-empty file path, got ''"),
-        (lambda: NNCExport("m.nnc", every_n_epochs=0), r"`every_n_epochs` must be None or an integer >= 1, got 0"),
+        (
+            lambda: NNCExport("m.nnc", every_n_epochs=0),
+            r"`every_n_epochs` must be None or an integer >= 1, got 0",
+        ),
         (lambda: NNCExport("m.nnc", stage="train"), r"`stage` must be one of \['test', 'val'\], got 'train'"),
         (lambda: RateDistortion("out", monitor=""), r"`monitor` must be the name of a logged metric, got ''"),
     ],
@@ -39,11 +51,14 @@ def test_bad_arguments_name_argument_value_and_allowed_set(factory, message):
 
 def _fit(module, callbacks, **trainer_kwargs):
     tiny_trainer(callbacks, max_epochs=1, limit_train_batches=1, limit_val_batches=1, **trainer_kwargs).fit(
-        module, synthetic_loader(), synthetic_loader())
+        module, synthetic_loader(), synthetic_loader()
+    )
 
 
 def test_no_quantizable_layer_fails_in_setup():
-    with pytest.raises(ValueError, match=r"found no layer to quantize in ClassificationModule .*exclude_first=True"):
+    with pytest.raises(
+        ValueError, match=r"found no layer to quantize in ClassificationModule .*exclude_first=True"
+    ):
         _fit(tiny_module(hidden=()), [EC2T()])  # a single linear layer: EC2T keeps first and last in FP
 
 
@@ -60,7 +75,9 @@ def test_true_half_precision_is_rejected():
 
 
 def test_two_quantization_callbacks_are_rejected():
-    with pytest.raises(ValueError, match="only one quantization callback per Trainer is supported, got ECQ, ECQx"):
+    with pytest.raises(
+        ValueError, match="only one quantization callback per Trainer is supported, got ECQ, ECQx"
+    ):
         _fit(tiny_module(), [ECQ(), ECQx()])
 
 
@@ -74,7 +91,9 @@ def test_lbfgs_is_rejected():
 def test_quantized_tensor_outside_the_optimizer_is_rejected():
     module = tiny_module()
     module.configure_optimizers = lambda: torch.optim.Adam(module.model.fc3.parameters())
-    with pytest.raises(ValueError, match=r"does not step the quantized tensors \['model.fc1.weight', 'model.fc2"):
+    with pytest.raises(
+        ValueError, match=r"does not step the quantized tensors \['model.fc1.weight', 'model.fc2"
+    ):
         _fit(module, [ECQ()])
 
 

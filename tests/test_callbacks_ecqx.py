@@ -19,8 +19,9 @@ def recorded(monkeypatch):
 
     def recording(model, inputs, targets, **kwargs):
         result = original(model, inputs, targets, **kwargs)
-        calls.append({"inputs": inputs.clone(), "result": {k: v.clone() for k, v in result.items()},
-                      "kwargs": kwargs})
+        calls.append(
+            {"inputs": inputs.clone(), "result": {k: v.clone() for k, v in result.items()}, "kwargs": kwargs}
+        )
         return result
 
     monkeypatch.setattr(ecqx.relevance, "weight_relevances", recording)
@@ -69,8 +70,15 @@ def test_running_relevance_drives_the_assignment():
     weights = params(module)
     for name in callback.targets:
         state = callback.tensor_states[name]
-        expected = assign(callback.shadows[name], state["grid"], 0.3, state["decay"], "clean",
-                          relevance=callback.relevances[name], p=0.2)
+        expected = assign(
+            callback.shadows[name],
+            state["grid"],
+            0.3,
+            state["decay"],
+            "clean",
+            relevance=callback.relevances[name],
+            p=0.2,
+        )
         assert torch.equal(callback.levels[name], levels_of(expected, state["grid"]))
         assert torch.equal(weights[name], callback.quantized_tensors()[name].dequantize())
     assert "quant/relevance_flips" in trainer.callback_metrics

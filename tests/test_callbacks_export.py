@@ -9,7 +9,7 @@ import pytest
 import torch
 from callback_helpers import params, synthetic_loader, tiny_module, tiny_trainer
 
-from ecqx.callbacks import EC2T, ECQ, NNCExport, RateDistortion, ECQx
+from ecqx.callbacks import EC2T, ECQ, ECQx, NNCExport, RateDistortion
 from ecqx.callbacks.nnc_export import check_decoded_equal, decode_into_copy
 from ecqx.coding import decode_state_dict
 
@@ -40,7 +40,9 @@ def test_trained_model_decodes_identically_with_nncodec_and_ecqx(method, tmp_pat
         torch.testing.assert_close(ours[name].to(value.dtype), value, rtol=0, atol=1e-5)
 
     result = export.last_result
-    assert result.nnc_bytes == len(data) and result.float32_bytes == 4 * sum(v.numel() for v in trained.values())
+    assert result.nnc_bytes == len(data) and result.float32_bytes == 4 * sum(
+        v.numel() for v in trained.values()
+    )
     metrics = trainer.callback_metrics
     assert float(metrics["nnc_bytes"]) == len(data)
     assert float(metrics["nnc_ratio"]) == pytest.approx(len(data) / result.float32_bytes)
@@ -56,21 +58,30 @@ def test_trained_model_decodes_identically_with_nncodec_and_ecqx(method, tmp_pat
 
 
 def test_a_decoded_model_that_differs_from_the_trained_one_raises(tmp_path):
-    module, quantizer, export = tiny_module(), ECQ(bits=4, lam=0.1), NNCExport(tmp_path / "m.nnc", evaluate=False)
+    module, quantizer, export = (
+        tiny_module(),
+        ECQ(bits=4, lam=0.1),
+        NNCExport(tmp_path / "m.nnc", evaluate=False),
+    )
     tiny_trainer([quantizer, export], max_epochs=1, limit_train_batches=2).fit(module, synthetic_loader())
     decoded = decode_into_copy(module, (tmp_path / "m.nnc").read_bytes())
     check_decoded_equal(decoded, module, quantizer.quantized_tensors())  # the real export passes
     with torch.no_grad():
         decoded.model.fc2.weight[0, 0] += quantizer.quantized_tensors()["model.fc2.weight"].step
-    with pytest.raises(RuntimeError, match=r"decoded 'model.fc2.weight' differs from the trained weights in 1 of"):
+    with pytest.raises(
+        RuntimeError, match=r"decoded 'model.fc2.weight' differs from the trained weights in 1 of"
+    ):
         check_decoded_equal(decoded, module, quantizer.quantized_tensors())
 
 
 def test_periodic_exports_are_written_per_epoch(tmp_path):
     module = tiny_module()
     export = NNCExport(tmp_path / "m.nnc", every_n_epochs=2, evaluate=False)
-    tiny_trainer([ECQ(bits=4, lam=0.1), export], max_epochs=4, limit_train_batches=1).fit(module, synthetic_loader())
+    tiny_trainer([ECQ(bits=4, lam=0.1), export], max_epochs=4, limit_train_batches=1).fit(
+        module, synthetic_loader()
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m-epoch=1.nnc", "m-epoch=3.nnc", "m.nnc"]
     assert [r.epoch for r in export.results] == [1, 3, 4]
-    assert params(module)["model.fc1.weight"].equal(decode_state_dict((tmp_path / "m.nnc").read_bytes())[
-        "model.fc1.weight"])
+    assert params(module)["model.fc1.weight"].equal(
+        decode_state_dict((tmp_path / "m.nnc").read_bytes())["model.fc1.weight"]
+    )

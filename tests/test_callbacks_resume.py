@@ -7,7 +7,7 @@ import torch
 from callback_helpers import params, synthetic_loader, tiny_module, tiny_trainer
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 
-from ecqx.callbacks import EC2T, ECQ, NNCExport, ECQx
+from ecqx.callbacks import EC2T, ECQ, ECQx, NNCExport
 
 FACTORIES = {
     "ecq": lambda: ECQ(bits=4, lam=0.1, start_epoch=1),
@@ -30,8 +30,12 @@ def _run(tmp_path, tag, method, extra=(), ckpt_path=None, seed=0):
     quantizer = FACTORIES[method]()
     checkpoint = ModelCheckpoint(dirpath=tmp_path / f"ckpt_{tag}", save_last=True)
     module = tiny_module(seed=seed)
-    trainer = tiny_trainer([quantizer, NNCExport(tmp_path / f"{tag}.nnc"), checkpoint, *extra], max_epochs=4,
-                           limit_train_batches=3, enable_checkpointing=True)
+    trainer = tiny_trainer(
+        [quantizer, NNCExport(tmp_path / f"{tag}.nnc"), checkpoint, *extra],
+        max_epochs=4,
+        limit_train_batches=3,
+        enable_checkpointing=True,
+    )
     trainer.fit(module, synthetic_loader(), synthetic_loader(n=64, seed=7), ckpt_path=ckpt_path)
     return module, quantizer
 
@@ -55,5 +59,7 @@ def test_resume_after_kill_is_bit_identical(method, tmp_path):
 
 def test_checkpoint_of_another_method_is_rejected(tmp_path):
     state = ECQ(bits=4).state_dict()
-    with pytest.raises(ValueError, match=r"checkpoint holds 'ecq' quantization state, but this callback is EC2T"):
+    with pytest.raises(
+        ValueError, match=r"checkpoint holds 'ecq' quantization state, but this callback is EC2T"
+    ):
         EC2T().load_state_dict(state)

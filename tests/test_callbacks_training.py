@@ -14,7 +14,7 @@ TARGETS = ["model.fc1.weight", "model.fc2.weight", "model.fc3.weight"]
 
 
 class GradientProbe(Callback):
-    """Records parameter values and gradients at ``on_before_optimizer_step`` (relative to its list position)."""
+    """Records parameter values and gradients at ``on_before_optimizer_step`` (at its list position)."""
 
     def __init__(self):
         self.values, self.grads = [], []
@@ -49,7 +49,9 @@ def test_warmup_is_full_precision_then_weights_are_exactly_on_the_grid():
     for name in TARGETS:
         assert torch.unique(params(module)[name]).numel() <= 8  # 3 bits
         assert callback.shadows[name].data_ptr() != dict(module.named_parameters())[name].data_ptr()
-        assert not torch.equal(callback.shadows[name], params(module)[name])  # the shadow stays full precision
+        assert not torch.equal(
+            callback.shadows[name], params(module)[name]
+        )  # the shadow stays full precision
 
 
 @pytest.mark.parametrize("scale", ["abs", "identity"])
@@ -64,8 +66,9 @@ def test_user_optimizer_steps_the_shadow_with_the_straight_through_gradient(scal
         assert torch.equal(after.grads[0][name], ste_gradient(raw_grad, quantized, scale))
         swapped_in = after.values[0][name]  # the optimizer sees the shadow, not the quantized values
         assert not torch.equal(swapped_in, quantized)
-        torch.testing.assert_close(callback.shadows[name], swapped_in - lr * after.grads[0][name],
-                                   rtol=0, atol=1e-7)
+        torch.testing.assert_close(
+            callback.shadows[name], swapped_in - lr * after.grads[0][name], rtol=0, atol=1e-7
+        )
     _assert_on_grid(module, callback)
 
 
@@ -95,7 +98,7 @@ def test_common_configure_optimizers_shapes(shape):
     _assert_on_grid(module, callback)
     assert callback.optimizer_steps == 4
     if shape == "dict_with_scheduler":
-        assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.1 * 0.5 ** 3)
+        assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.1 * 0.5**3)
 
 
 def test_logged_statistics_match_the_model():
@@ -112,7 +115,9 @@ def test_logged_statistics_match_the_model():
     pmf = counts.double() / first.numel()
     expected_bits = float(-(pmf * pmf.log2()).sum())
     assert float(metrics[f"quant/{TARGETS[0]}/bits_per_weight"]) == pytest.approx(expected_bits, rel=1e-5)
-    assert float(metrics[f"quant/{TARGETS[0]}/sparsity"]) == pytest.approx(float((first == 0).double().mean()))
+    assert float(metrics[f"quant/{TARGETS[0]}/sparsity"]) == pytest.approx(
+        float((first == 0).double().mean())
+    )
     assert float(metrics["quant/estimated_bytes"]) > 0
 
 
