@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from callback_helpers import synthetic_loader, tiny_module, tiny_trainer
+from pytorch_lightning import LightningModule
 
 from ecqx.callbacks import EC2T, ECQ, ECQx, NNCExport, RateDistortion
 
@@ -99,10 +100,8 @@ def test_quantized_tensor_outside_the_optimizer_is_rejected():
 
 def test_export_without_validation_step_is_rejected_before_training(tmp_path):
     module = tiny_module()
-    type(module)  # the check looks at the class, so use a subclass without validation_step
-    from pytorch_lightning import LightningModule
 
-    class NoValidation(type(module)):
+    class NoValidation(type(module)):  # is_overridden looks at the class
         validation_step = LightningModule.validation_step
 
     module.__class__ = NoValidation
