@@ -56,8 +56,12 @@ class DecodedTensor:
             return self.raw_values
         if self.payload_type == PayloadType.NNR_PT_INT:
             return self.levels
+        if self.levels.dtype == torch.int32:
+            out = torch.empty(self.levels.shape, dtype=torch.float32)
+            load_native().levels_to_float(self.levels.contiguous(), out, self.step)  # one fused pass
+            return out
         values = self.levels.to(torch.float32)
-        return values.mul_(torch.tensor(self.step, dtype=torch.float32))  # in place: one allocation
+        return values.mul_(torch.tensor(self.step, dtype=torch.float32))
 
 
 @dataclass
@@ -324,7 +328,9 @@ def _decode_raw_float(h: NduHeader, payload: bytes) -> torch.Tensor:
     return torch.from_numpy(np.frombuffer(payload, dtype="<f4").astype(np.float32)).reshape(h.dims)
 
 
-def _decode_ndu(ndu: hls.ParsedNdu, profile: int, max_elements: int) -> DecodedTensor:
+def _decode_ndu(ndu: hls.ParsedNdu, profile: int, max_elements: int,
+                out: torch.Tensor | None = None) -> DecodedTensor:
+    """Decodes one NDU; integer levels go to `out` (int32, the tensor's size) when given."""
     h, payload = ndu.header, ndu.payload
     result = DecodedTensor(name=h.name, levels=None, qp=None, qp_density=None, dq=h.dq, codebook=None,
                            payload_type=h.payload_type, shape=h.dims, unit_bytes=ndu.unit_bytes,
@@ -338,7 +344,8 @@ def _decode_ndu(ndu: hls.ParsedNdu, profile: int, max_elements: int) -> DecodedT
                              "(mps_quantization_method_flags lacks QSU/QCB)")
     rows, width = _check_size(h, len(payload), max_elements)
     cb_size = len(h.codebook) if h.codebook is not None else 0
-    out = torch.empty(h.dims, dtype=torch.int32)
+    if out is None:
+        out = torch.empty(h.dims, dtype=torch.int32)
     qp_bits = 6 + ndu.qp_density if is_float else 8
     try:
         qp_delta, consumed, eps = load_native().decode_payload(
@@ -369,17 +376,34 @@ def _decode_ndu(ndu: hls.ParsedNdu, profile: int, max_elements: int) -> DecodedT
     return result
 
 
-def decode_levels(data: bytes, *, max_elements: int = DEFAULT_MAX_ELEMENTS) -> dict[str, DecodedTensor]:
-    """Decodes a bitstream to integer levels and parameters (one DecodedTensor per NDU, stream order)."""
+def _checked_ndus(data: bytes) -> tuple[hls.ParsedStream, list[hls.ParsedNdu]]:
     stream = hls.parse_stream(data)
     if not stream.ndus:
         raise BitstreamError("bitstream contains no compressed data units (no tensors; truncated?)")
-    out: dict[str, DecodedTensor] = {}
+    names = set()
     for ndu in stream.ndus:
-        if ndu.header.name in out:
+        if ndu.header.name in names:
             raise BitstreamError(f"tensor name {ndu.header.name!r} occurs twice in the bitstream")
-        out[ndu.header.name] = _decode_ndu(ndu, stream.profile, max_elements)
-    return out
+        names.add(ndu.header.name)
+    return stream, stream.ndus
+
+
+def _decode_values(ndu: hls.ParsedNdu, profile: int, max_elements: int) -> torch.Tensor:
+    h = ndu.header
+    if h.payload_type != PayloadType.NNR_PT_FLOAT or h.codebook is not None:
+        return _decode_ndu(ndu, profile, max_elements).dequantize()
+    # uniform float tensor: levels are decoded into the result's own memory and scaled there (one buffer)
+    _check_size(h, len(ndu.payload), max_elements)  # before allocating anything a header asks for
+    values = torch.empty(h.dims, dtype=torch.float32)
+    decoded = _decode_ndu(ndu, profile, max_elements, out=values.view(torch.int32))
+    load_native().levels_to_float(decoded.levels, values, decoded.step)
+    return values
+
+
+def decode_levels(data: bytes, *, max_elements: int = DEFAULT_MAX_ELEMENTS) -> dict[str, DecodedTensor]:
+    """Decodes a bitstream to integer levels and parameters (one DecodedTensor per NDU, stream order)."""
+    stream, ndus = _checked_ndus(data)
+    return {ndu.header.name: _decode_ndu(ndu, stream.profile, max_elements) for ndu in ndus}
 
 
 def decode(data: bytes, *, max_elements: int = DEFAULT_MAX_ELEMENTS) -> dict[str, torch.Tensor]:
@@ -387,4 +411,5 @@ def decode(data: bytes, *, max_elements: int = DEFAULT_MAX_ELEMENTS) -> dict[str
 
     max_elements caps the size of any one tensor (protects against hostile headers).
     """
-    return {name: t.dequantize() for name, t in decode_levels(data, max_elements=max_elements).items()}
+    stream, ndus = _checked_ndus(data)
+    return {ndu.header.name: _decode_values(ndu, stream.profile, max_elements) for ndu in ndus}

@@ -87,13 +87,14 @@ class BitReader:
         return self._pos // 8
 
     def u(self, n: int, field: str = "field") -> int:
-        if self._pos + n > self._end:
+        pos = self._pos
+        end = pos + n
+        if end > self._end:
             raise BitstreamError(f"{self._what}: truncated while reading {field} ({n} bits)")
-        first, last = self._pos >> 3, (self._pos + n + 7) >> 3
-        chunk = int.from_bytes(self._data[first:last], "big")
-        value = (chunk >> (8 * (last - first) - (self._pos & 7) - n)) & ((1 << n) - 1)
-        self._pos += n
-        return value
+        last = (end + 7) >> 3
+        chunk = int.from_bytes(self._data[pos >> 3:last], "big")
+        self._pos = end
+        return (chunk >> ((last << 3) - end)) & ((1 << n) - 1)
 
     def i(self, n: int, field: str = "field") -> int:
         value = self.u(n, field)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -35,8 +36,11 @@ def _check_qp(qp: int) -> int:
 
 def step_size(qp: int, qp_density: int = 2) -> float:
     """NNC step size Δ = float32(mul · 2^(shift − qp_density)) (spec §12.1), as a Python float."""
-    qp = _check_qp(qp)
-    qp_density = _check_qp_density(qp_density)
+    return _step_size(_check_qp(qp), _check_qp_density(qp_density))
+
+
+@functools.lru_cache(maxsize=4096)
+def _step_size(qp: int, qp_density: int) -> float:
     k = 1 << qp_density
     mul = k + (qp & (k - 1))
     shift = qp >> qp_density

@@ -88,6 +88,19 @@ py::tuple decode_payload(const py::bytes& data, torch::Tensor out, int64_t rows,
   return py::make_tuple(result.qp_delta, result.consumed, entry_point_list(result.entry_points));
 }
 
+// float32(levels) * step in float32 (the reconstruction rule of spec §12.3), one pass, GIL released.
+// `levels` may be an int32 view of `out` (same element size): each element is read before it is written.
+void levels_to_float(const torch::Tensor& levels, torch::Tensor out, double step) {
+  require_tensor(levels, torch::kInt32, levels.numel(), "levels");
+  require_tensor(out, torch::kFloat32, levels.numel(), "out");
+  const int32_t* src = levels.data_ptr<int32_t>();
+  float* dst = out.data_ptr<float>();
+  const int64_t n = levels.numel();
+  const float s = static_cast<float>(step);
+  py::gil_scoped_release release;
+  for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<float>(src[i]) * s;
+}
+
 void trellis_quantize(const torch::Tensor& weights, torch::Tensor out, int64_t rows, int64_t width, int scan_order,
                       double qscale) {
   const int64_t count = checked_count(rows, width);
@@ -124,6 +137,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   py::register_exception<nnc::BitstreamError>(m, "NativeBitstreamError", PyExc_ValueError);
   m.def("encode_payload", &encode_payload);
   m.def("decode_payload", &decode_payload);
+  m.def("levels_to_float", &levels_to_float);
   m.def("trellis_quantize", &trellis_quantize);
   m.def("scan_positions", &nnc::scan_positions);
   m.def("trace_context", &nnc::trace_context);
