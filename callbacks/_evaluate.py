@@ -1,11 +1,10 @@
 """Evaluate a (decoded) copy of a LightningModule with its own ``validation_step`` / ``test_step``.
 
-The copy is detached from the trainer (``copy.deepcopy`` drops the trainer reference), so ``self.log`` inside
-the
-step cannot reach Lightning's result collection. :func:`evaluate_with_steps` therefore replaces ``log`` and
-``log_dict`` on the copy with a collector: plain values are averaged weighted by batch size, torchmetrics
-``Metric`` objects are reset before the loop and computed once after it, exactly as Lightning does at epoch
-end.
+The copy is detached from the trainer (:func:`ecqx.callbacks.nnc_export.decode_into_copy` leaves its trainer
+reference ``None``), so ``self.log`` inside the step cannot reach Lightning's result collection.
+:func:`evaluate_with_steps` therefore replaces ``log`` and ``log_dict`` on the copy with a collector: plain
+values are averaged weighted by batch size, torchmetrics ``Metric`` objects are reset before the loop and
+computed once after it, exactly as Lightning does at epoch end.
 """
 
 from __future__ import annotations

@@ -196,7 +196,10 @@ def _quantized_descriptions(trainer: pl.Trainer, pl_module: pl.LightningModule) 
 def decode_into_copy(pl_module: pl.LightningModule, data: bytes) -> pl.LightningModule:
     """A detached deep copy of ``pl_module`` holding the weights decoded from ``data`` (strict load)."""
     decoded_state = coding.decode_state_dict(data)
-    fresh = copy.deepcopy(pl_module)
+    # The module references its trainer; copying that would copy the data loaders and their live iterators
+    # (slow, and impossible for generator-based ones). The memo entry makes the copy's reference None.
+    trainer = pl_module._trainer
+    fresh = copy.deepcopy(pl_module, memo={} if trainer is None else {id(trainer): None})
     fresh.load_state_dict(decoded_state, strict=True)
     return fresh
 

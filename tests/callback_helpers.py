@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from ecqx.training.data import ResumableDataLoader, SeededEpochSampler
 from ecqx.training.models import mlp
 from ecqx.training.module import ClassificationModule
 
@@ -18,6 +19,26 @@ def synthetic_loader(n: int = 128, batch_size: int = 32, seed: int = 0) -> DataL
     x = torch.randn(n, IN_FEATURES, generator=generator)
     w = torch.randn(IN_FEATURES, NUM_CLASSES, generator=torch.Generator().manual_seed(1234))
     return DataLoader(TensorDataset(x, (x @ w).argmax(1)), batch_size=batch_size)
+
+
+class NoisyInputs(Dataset):
+    """Adds Gaussian noise drawn from the global RNG to every input: a stand-in for random augmentation."""
+
+    def __init__(self, dataset: Dataset, scale: float = 0.1):
+        self.dataset, self.scale = dataset, scale
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        x, y = self.dataset[index]
+        return x + self.scale * torch.randn(x.shape), y
+
+
+def resumable_loader(n: int = 128, batch_size: int = 32, seed: int = 0) -> ResumableDataLoader:
+    """:func:`synthetic_loader`'s problem with random input noise, shuffled per epoch, resumable mid-epoch."""
+    dataset = NoisyInputs(synthetic_loader(n, batch_size, seed).dataset)
+    return ResumableDataLoader(dataset, batch_size=batch_size, sampler=SeededEpochSampler(n, seed=seed + 1))
 
 
 def tiny_module(seed: int = 0, hidden=(32, 32), **kwargs) -> ClassificationModule:

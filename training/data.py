@@ -10,6 +10,11 @@ every split at a seeded random subset, for quick runs and tests.
   read with torchvision's idx readers.
 - :class:`CIFAR10JPEGDataModule`: CIFAR-10 stored as JPEG bytes in ``cifar10_jpeg_q75.npz``, with the
   standard augmentation (random crop 32 with padding 4, horizontal flip) and normalisation.
+
+The training loaders are resumable mid-epoch (:class:`ResumableDataLoader` over a
+:class:`SeededEpochSampler`): the shuffle order is a function of ``(seed, epoch)`` only, never of the global
+random state, and Lightning saves the loader's position in the checkpoint, so a run resumed from a mid-epoch
+checkpoint sees exactly the batches the uninterrupted run would have seen.
 """
 
 from __future__ import annotations
@@ -20,11 +25,12 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import v2
 
 __all__ = [
@@ -35,6 +41,8 @@ __all__ = [
     "FashionMNISTDataModule",
     "CIFAR10JPEGDataModule",
     "read_idx_files",
+    "ResumableDataLoader",
+    "SeededEpochSampler",
 ]
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
@@ -167,13 +175,124 @@ class ClassificationDataModule(pl.LightningDataModule):
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         if split not in self.datasets:
             self.setup()
-        return DataLoader(
+        return ResumableDataLoader(
             self.datasets[split],
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            sampler=SeededEpochSampler(len(self.datasets[split]), seed=self.seed, shuffle=shuffle),
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
+
+
+class SeededEpochSampler(Sampler[int]):
+    """Indices ``0..n-1``, shuffled per epoch from ``(seed, epoch)`` alone (never from the global RNG).
+
+    Lightning calls :meth:`set_epoch` at every epoch start, also when it resumes mid-epoch, so the order of an
+    epoch can be rebuilt after a restart. Under DDP, Lightning wraps this sampler in its
+    ``DistributedSamplerWrapper``, which forwards ``set_epoch``; every rank then shards the same order.
+
+    Args:
+        n: number of samples.
+        seed: seed of the permutations; epoch ``e`` uses a generator seeded from ``(seed, e)``.
+        shuffle: ``False`` gives ``0..n-1`` in every epoch.
+    """
+
+    def __init__(self, n: int, seed: int = 0, shuffle: bool = True):
+        _check_int("n", n, minimum=0)
+        _check_int("seed", seed, minimum=0)
+        self.n, self.seed, self.shuffle = n, seed, bool(shuffle)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose order the next iteration yields."""
+        _check_int("epoch", epoch, minimum=0)
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        if not self.shuffle:
+            return iter(range(self.n))
+        # one generator per epoch: the order does not depend on how many epochs were iterated before
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=generator).tolist())
+
+
+class ResumableDataLoader(DataLoader):
+    """A ``DataLoader`` whose position within an epoch survives a checkpoint (Lightning's stateful loaders).
+
+    Lightning 2.6 stores ``state_dict()`` of every training loader that has ``state_dict``/``load_state_dict``
+    in the checkpoint (``loops.fit_loop.state_dict.combined_loader``) and, when it resumes mid-epoch, calls
+    :meth:`load_state_dict` before creating the epoch's iterator. The state is the sampler's epoch, the number
+    of batches already yielded in it and the CPU random state at that point; the resumed iteration rebuilds
+    that epoch's batch order (the sampler must be deterministic per epoch, e.g. :class:`SeededEpochSampler` or
+    ``DistributedSampler``), loads only the batches not yet seen and, with ``num_workers=0``, first restores
+    the CPU random state, so random augmentation drawn in the main process (and CPU dropout) repeats too.
+    Lightning itself restores no random state. With worker processes the augmentation of the resumed epoch
+    differs (worker seeds are drawn when an iterator starts). A plain ``DataLoader`` restarts the epoch from
+    its first batch.
+
+    Takes exactly the arguments of ``torch.utils.data.DataLoader``.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._position = 0  # batches yielded by the current iteration
+        self._resume: dict[str, Any] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        """The sampler's epoch, the number of batches yielded in it so far and the CPU random state."""
+        return {"epoch": self._sampler_epoch(), "batches": self._position, "cpu_rng": torch.get_rng_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Make the next iteration skip the batches ``state`` says were already yielded in its epoch."""
+        if not isinstance(state, dict) or not isinstance(state.get("batches"), int) or state["batches"] < 0:
+            raise ValueError(
+                "ResumableDataLoader.load_state_dict: expected a dict with 'epoch' (int or None), 'batches' "
+                f"(int >= 0) and optionally 'cpu_rng' (a ByteTensor), got {state!r}"
+            )
+        self._resume = dict(state)
+
+    def __iter__(self) -> _ResumingIterator:
+        # Lazy: nothing runs before the first `next()`, because Lightning creates the iterator before it calls
+        # `set_epoch` on a resumed run, and the epoch decides the order.
+        return _ResumingIterator(self)
+
+    def _start_iteration(self):
+        resume = self._resume
+        skip = self._take_resume_skip()
+        self._position = skip
+        source = super().__iter__() if skip == 0 else self._remaining_batches(skip)
+        if skip and self.num_workers == 0 and resume.get("cpu_rng") is not None:
+            # after creating the iterator: that draws a base seed from the CPU generator, which the
+            # uninterrupted run did at the start of the epoch
+            torch.set_rng_state(resume["cpu_rng"])
+        return source
+
+    def _take_resume_skip(self) -> int:
+        resume, self._resume = self._resume, None
+        if resume is None or resume["epoch"] != self._sampler_epoch():
+            return 0  # no resume, or the checkpoint was taken in an epoch that is over
+        return resume["batches"] if resume["batches"] < len(self.batch_sampler) else 0
+
+    def _remaining_batches(self, skip: int):
+        batches = list(self.batch_sampler)[skip:]
+        return iter(
+            DataLoader(
+                self.dataset,
+                batch_sampler=batches,
+                num_workers=self.num_workers,
+                collate_fn=self.collate_fn,
+                pin_memory=self.pin_memory,
+                worker_init_fn=self.worker_init_fn,
+                generator=self.generator,
+            )
+        )
+
+    def _sampler_epoch(self) -> int | None:
+        sampler = self.batch_sampler.sampler if self.batch_sampler is not None else self.sampler
+        return getattr(sampler, "epoch", None)
 
 
 class DigitsDataModule(ClassificationDataModule):
@@ -381,6 +500,24 @@ class CIFAR10JPEGDataModule(ClassificationDataModule):
             if missing:
                 raise ValueError(f"CIFAR10JPEGDataModule: {path} lacks the arrays {missing}.")
         return self._archive
+
+
+class _ResumingIterator:
+    """Iterator of :class:`ResumableDataLoader`: starts the epoch on the first ``next()``, counts batches."""
+
+    def __init__(self, loader: ResumableDataLoader):
+        self.loader = loader
+        self.source = None
+
+    def __iter__(self) -> _ResumingIterator:
+        return self
+
+    def __next__(self):
+        if self.source is None:
+            self.source = self.loader._start_iteration()
+        batch = next(self.source)
+        self.loader._position += 1
+        return batch
 
 
 def read_idx_files(images_path: str, labels_path: str) -> tuple[torch.Tensor, torch.Tensor]:
