@@ -14,7 +14,8 @@ row skipping on, scan order 0, cabac_unary_length_minus1 10 — NNCodec's tensor
   exposes no counter), divided by our encode/decode time,
 * bits per weight vs the zero-order entropy of the levels (sum over tensors of n_t * H_t).
 
-Times are the best process CPU time of ``--repeat`` runs with ``torch.set_num_threads(1)`` (all work is
+Times are the best process CPU time of ``--repeat`` interleaved rounds (each round runs every measured call
+once, so both codecs see the same machine conditions) with ``torch.set_num_threads(1)`` (all work is
 single-threaded, so CPU time is time on one core, robust against other jobs on a shared machine).
 Results go to ``benchmarks/results/bench_codec.json`` and ``.md``.
 
@@ -60,7 +61,7 @@ def _parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--qp", type=int, nargs="+", default=[-32, -24],
                    help="uniform quantization qp values (qp_density 2); default -32 (NNCodec's tensor-API "
                         "default, ~6 bits/weight on ResNets) and -24 (~4 bits/weight)")
-    p.add_argument("--repeat", type=int, default=3, help="timing repetitions (best is reported)")
+    p.add_argument("--repeat", type=int, default=5, help="timing repetitions (best is reported)")
     p.add_argument("--out-dir", type=Path, default=REPO / "benchmarks" / "results")
     return p.parse_args(argv)
 
@@ -126,18 +127,22 @@ def _bin_count(levels: dict[str, np.ndarray], n_gtx: int = 11, row_skipping: boo
 
 
 # ------------------------------------------------------------------------------------------------ timing
-def _best_time(fn, repeat: int, walls: list[float]):
-    """Best process CPU time of ``repeat`` calls (single-threaded work: CPU time = time on one core, and it is
-    not inflated when other jobs share the machine); the wall time of that best call is appended to walls."""
-    best, best_wall, result = math.inf, math.inf, None
+def _best_times(fns: dict, repeat: int) -> tuple[dict, dict, dict]:
+    """Best process CPU time of ``repeat`` calls of each function (single-threaded work: CPU time = time on
+    one core, not inflated when other jobs share the machine). The functions run interleaved (one round = each
+    function once), so ours and NNCodec's see the same machine conditions; also returns the wall time of each
+    best call and each function's last result."""
+    best = dict.fromkeys(fns, math.inf)
+    walls = dict.fromkeys(fns, math.inf)
+    results = {}
     for _ in range(repeat):
-        start_cpu, start_wall = time.process_time(), time.perf_counter()
-        result = fn()
-        cpu, wall = time.process_time() - start_cpu, time.perf_counter() - start_wall
-        if cpu < best:
-            best, best_wall = cpu, wall
-    walls.append(best_wall)
-    return best, result
+        for key, fn in fns.items():
+            start_cpu, start_wall = time.process_time(), time.perf_counter()
+            results[key] = fn()
+            cpu, wall = time.process_time() - start_cpu, time.perf_counter() - start_wall
+            if cpu < best[key]:
+                best[key], walls[key] = cpu, wall
+    return best, walls, results
 
 
 def _bench_set(name: str, levels: dict[str, np.ndarray], qp: int, repeat: int, codec, oracle) -> dict:
@@ -146,16 +151,27 @@ def _bench_set(name: str, levels: dict[str, np.ndarray], qp: int, repeat: int, c
     qps = {k: qp for k in levels}
     dqs = {k: 0 for k in levels}
 
-    walls: list[float] = []
-    t_enc, ours = _best_time(lambda: codec.encode(descs, **SETTINGS), repeat, walls)
-    t_enc_nnc, theirs = _best_time(lambda: oracle.encode_levels(
-        levels, qps, dqs, param_opt=SETTINGS["param_opt"], row_skipping=SETTINGS["row_skipping"],
-        scan_order=SETTINGS["scan_order"], profile=SETTINGS["profile"],
-        N1=SETTINGS["cabac_unary_length_minus1"]), repeat, walls)
-    t_dec, dec = _best_time(lambda: codec.decode(ours), repeat, walls)
-    t_dec_nnc, dec_nnc = _best_time(lambda: oracle.decode_values(theirs), repeat, walls)
-    t_lev, _ = _best_time(lambda: codec.decode_levels(ours), repeat, walls)
-    t_lev_nnc, _ = _best_time(lambda: oracle.decode_levels(theirs), repeat, walls)
+    ours = codec.encode(descs, **SETTINGS)
+    theirs = oracle.encode_levels(levels, qps, dqs, param_opt=SETTINGS["param_opt"],
+                                  row_skipping=SETTINGS["row_skipping"], scan_order=SETTINGS["scan_order"],
+                                  profile=SETTINGS["profile"], N1=SETTINGS["cabac_unary_length_minus1"])
+    times, walls, results = _best_times({
+        "encode_ours": lambda: codec.encode(descs, **SETTINGS),
+        "encode_nncodec": lambda: oracle.encode_levels(
+            levels, qps, dqs, param_opt=SETTINGS["param_opt"], row_skipping=SETTINGS["row_skipping"],
+            scan_order=SETTINGS["scan_order"], profile=SETTINGS["profile"],
+            N1=SETTINGS["cabac_unary_length_minus1"]),
+        "decode_ours": lambda: codec.decode(ours),
+        "decode_nncodec": lambda: oracle.decode_values(theirs),
+        "decode_levels_ours": lambda: codec.decode_levels(ours),
+        "decode_levels_nncodec": lambda: oracle.decode_levels(theirs),
+    }, repeat)
+    t_enc, t_enc_nnc = times["encode_ours"], times["encode_nncodec"]
+    t_dec, t_dec_nnc = times["decode_ours"], times["decode_nncodec"]
+    t_lev, t_lev_nnc = times["decode_levels_ours"], times["decode_levels_nncodec"]
+    dec, dec_nnc = results["decode_ours"], results["decode_nncodec"]
+    if results["encode_ours"] != ours or results["encode_nncodec"] != theirs:
+        raise RuntimeError("an encoder is not deterministic across repetitions")
 
     exact = all(np.array_equal(dec[k].numpy(), dec_nnc[k]) for k in levels)
     cross = oracle.decode_values(ours)
@@ -178,8 +194,7 @@ def _bench_set(name: str, levels: dict[str, np.ndarray], qp: int, repeat: int, c
         "decode_levels_s_ours": t_lev, "decode_levels_s_nncodec": t_lev_nnc,
         "decode_levels_speedup": t_lev_nnc / t_lev,
         "bins": bins, "encode_bins_per_s_ours": bins / t_enc, "decode_bins_per_s_ours": bins / t_lev,
-        "wall_s": dict(zip(["encode_ours", "encode_nncodec", "decode_ours", "decode_nncodec",
-                            "decode_levels_ours", "decode_levels_nncodec"], walls, strict=True)),
+        "wall_s": walls,
     }
 
 
@@ -218,7 +233,7 @@ def _markdown(report: dict) -> str:
         f"ecqx {v['ecqx']}  ",
         "Settings: uniform levels (qp_density 2, no DQ, NNCodec-identical rounding); both codecs: "
         + ", ".join(f"{k}={val}" for k, val in SETTINGS.items())
-        + f"; best process CPU time of {report['repeat']} runs (single-threaded).",
+        + f"; best process CPU time of {report['repeat']} interleaved rounds (single-threaded).",
         "",
         "| set | qp | weights | bytes ours | bytes NNCodec | identical | bits/weight (ours) "
         "| entropy bits/weight | encode Mw/s ours | encode Mw/s NNCodec | encode × | decode Mw/s ours "
