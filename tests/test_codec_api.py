@@ -251,3 +251,23 @@ def test_layer_parameter_set_overrides_qp_density_and_base():
     assert (d.qp, d.qp_density) == (-45, 3)
     assert torch.equal(d.levels, levels)
     assert torch.equal(d.dequantize(), levels.float() * step_size(-45, 3))
+
+
+@pytest.mark.parametrize("dq", [False, True])
+def test_decode_values_are_float32_levels_times_float32_step(dq):
+    # decode() scales the levels natively in the output buffer; the reference is numpy's float32 arithmetic on
+    # the integer levels, including levels beyond 2^24 where the int -> float32 conversion itself rounds
+    rs = np.random.RandomState(5)
+    levels = rs.randint(-(2**30), 2**30, size=(7, 33)).astype(np.int32)
+    levels[rs.rand(7, 33) < 0.4] = 0
+    levels[2] = 0  # a skipped row
+    if dq:  # a DQ stream carries only reconstruction indices the 8-state machine allows: make them so
+        levels = quantize_tensor(torch.from_numpy(levels).float() * step_size(-37, 3), -37, 3, dq=True).levels
+        levels = levels.numpy()
+    data = encode({"w": CodedTensor(torch.from_numpy(levels), qp=-37, qp_density=3, dq=dq)})
+    assert np.array_equal(decode_levels(data)["w"].levels.numpy(), levels)
+    decoded = decode(data)["w"]
+    expected = levels.astype(np.float32) * np.float32(step_size(-37, 3))
+    assert decoded.dtype == torch.float32 and decoded.shape == (7, 33)
+    assert np.array_equal(decoded.numpy(), expected)
+    assert np.abs(levels).max() > 2**24
