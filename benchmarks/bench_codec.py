@@ -151,16 +151,21 @@ def _bench_set(name: str, levels: dict[str, np.ndarray], qp: int, repeat: int, c
     qps = {k: qp for k in levels}
     dqs = {k: 0 for k in levels}
 
-    ours = codec.encode(descs, **SETTINGS)
-    theirs = oracle.encode_levels(levels, qps, dqs, param_opt=SETTINGS["param_opt"],
-                                  row_skipping=SETTINGS["row_skipping"], scan_order=SETTINGS["scan_order"],
-                                  profile=SETTINGS["profile"], N1=SETTINGS["cabac_unary_length_minus1"])
+    def encode_ours(param_opt: bool = SETTINGS["param_opt"]) -> bytes:
+        return codec.encode(descs, **dict(SETTINGS, param_opt=param_opt))
+
+    def encode_nncodec(param_opt: bool = SETTINGS["param_opt"]) -> bytes:
+        return oracle.encode_levels(levels, qps, dqs, param_opt=param_opt,
+                                    row_skipping=SETTINGS["row_skipping"], scan_order=SETTINGS["scan_order"],
+                                    profile=SETTINGS["profile"], N1=SETTINGS["cabac_unary_length_minus1"])
+
+    ours, theirs = encode_ours(), encode_nncodec()
     times, walls, results = _best_times({
-        "encode_ours": lambda: codec.encode(descs, **SETTINGS),
-        "encode_nncodec": lambda: oracle.encode_levels(
-            levels, qps, dqs, param_opt=SETTINGS["param_opt"], row_skipping=SETTINGS["row_skipping"],
-            scan_order=SETTINGS["scan_order"], profile=SETTINGS["profile"],
-            N1=SETTINGS["cabac_unary_length_minus1"]),
+        "encode_ours": encode_ours,
+        "encode_nncodec": encode_nncodec,
+        # the coder without the ecoIdx pseudo-pass (param_opt off in both): shows what that pass costs
+        "encode_no_param_opt_ours": lambda: encode_ours(False),
+        "encode_no_param_opt_nncodec": lambda: encode_nncodec(False),
         "decode_ours": lambda: codec.decode(ours),
         "decode_nncodec": lambda: oracle.decode_values(theirs),
         "decode_levels_ours": lambda: codec.decode_levels(ours),
@@ -172,6 +177,7 @@ def _bench_set(name: str, levels: dict[str, np.ndarray], qp: int, repeat: int, c
     dec, dec_nnc = results["decode_ours"], results["decode_nncodec"]
     if results["encode_ours"] != ours or results["encode_nncodec"] != theirs:
         raise RuntimeError("an encoder is not deterministic across repetitions")
+    t_raw, t_raw_nnc = times["encode_no_param_opt_ours"], times["encode_no_param_opt_nncodec"]
 
     exact = all(np.array_equal(dec[k].numpy(), dec_nnc[k]) for k in levels)
     cross = oracle.decode_values(ours)
@@ -188,6 +194,11 @@ def _bench_set(name: str, levels: dict[str, np.ndarray], qp: int, repeat: int, c
         "encode_s_ours": t_enc, "encode_s_nncodec": t_enc_nnc,
         "encode_weights_per_s_ours": n / t_enc, "encode_weights_per_s_nncodec": n / t_enc_nnc,
         "encode_speedup": t_enc_nnc / t_enc,
+        "encode_no_param_opt_s_ours": t_raw, "encode_no_param_opt_s_nncodec": t_raw_nnc,
+        "encode_no_param_opt_speedup": t_raw_nnc / t_raw,
+        "encode_no_param_opt_bytes_identical": results["encode_no_param_opt_ours"]
+        == results["encode_no_param_opt_nncodec"],
+        "param_opt_share_of_encode_ours": (t_enc - t_raw) / t_enc,
         "decode_s_ours": t_dec, "decode_s_nncodec": t_dec_nnc,
         "decode_weights_per_s_ours": n / t_dec, "decode_weights_per_s_nncodec": n / t_dec_nnc,
         "decode_speedup": t_dec_nnc / t_dec,
@@ -236,9 +247,10 @@ def _markdown(report: dict) -> str:
         + f"; best process CPU time of {report['repeat']} interleaved rounds (single-threaded).",
         "",
         "| set | qp | weights | bytes ours | bytes NNCodec | identical | bits/weight (ours) "
-        "| entropy bits/weight | encode Mw/s ours | encode Mw/s NNCodec | encode × | decode Mw/s ours "
+        "| entropy bits/weight | encode Mw/s ours | encode Mw/s NNCodec | encode × "
+        "| encode × without param_opt | param_opt share of our encode | decode Mw/s ours "
         "| decode Mw/s NNCodec | decode × | decode-levels × | Mbins/s enc / dec |",
-        "|---|---:|---:|---:|---:|:---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|:---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in report["results"]:
         lines.append(
@@ -246,6 +258,7 @@ def _markdown(report: dict) -> str:
             f"| {'yes' if r['byte_identical'] else 'no'} | {r['bits_per_weight_ours']:.4f} "
             f"| {r['entropy_bits_per_weight']:.4f} | {r['encode_weights_per_s_ours'] / 1e6:.2f} "
             f"| {r['encode_weights_per_s_nncodec'] / 1e6:.2f} | {r['encode_speedup']:.1f} "
+            f"| {r['encode_no_param_opt_speedup']:.1f} | {100 * r['param_opt_share_of_encode_ours']:.0f} % "
             f"| {r['decode_weights_per_s_ours'] / 1e6:.2f} | {r['decode_weights_per_s_nncodec'] / 1e6:.2f} "
             f"| {r['decode_speedup']:.1f} | {r['decode_levels_speedup']:.1f} "
             f"| {r['encode_bins_per_s_ours'] / 1e6:.1f} / {r['decode_bins_per_s_ours'] / 1e6:.1f} |")
@@ -253,9 +266,11 @@ def _markdown(report: dict) -> str:
         "",
         "Mw/s = million weights per second (levels given; decode = float reconstruction, `decode` vs "
         "`nnc.decompress`); × = NNCodec time / our time; decode-levels × compares integer decoding "
-        "(`decode_levels` vs `nnc_core.coder.decode`). Bins are counted from the spec §7.1 binarization of "
-        "the levels. 'identical' = our bytes equal NNCodec's; in every set both decoders return "
-        "bit-identical values for both streams: "
+        "(`decode_levels` vs `nnc_core.coder.decode`); 'without param_opt' = both encoders with "
+        "param_opt=False (all ecoIdx 0, no pseudo-pass), and the share is the part of our encode time spent "
+        "in the 9-candidate ecoIdx pseudo-pass (spec §8.2). Bins are counted from the spec §7.1 "
+        "binarization of the levels. 'identical' = our bytes equal NNCodec's; in every set both decoders "
+        "return bit-identical values for both streams: "
         + ("yes" if all(r["values_identical_both_directions"] for r in report["results"]) else "NO") + ".",
         "",
     ]
