@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -258,16 +259,35 @@ def _encode_codebook_item(it: _Item, header: NduHeader, common: dict) -> tuple[b
     return best[1], best[2]
 
 
+def _check_workers(workers: object) -> int:
+    if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
+        raise ValueError(f"workers must be an int >= 1 (tensors coded in parallel threads), got {workers!r}")
+    return int(workers)
+
+
+def _map_in_order(fn, items: list, workers: int) -> list:
+    """fn over items, in order; with workers > 1 in a thread pool (the native coder releases the GIL, and
+    every tensor is an independent NDU, so the bytes do not depend on the number of workers)."""
+    if workers == 1 or len(items) < 2:
+        return [fn(it) for it in items]
+    with ThreadPoolExecutor(max_workers=min(workers, len(items))) as pool:
+        return list(pool.map(fn, items))
+
+
 def _encode_items(items: list[_Item], *, profile: int, scan_order: int, row_skipping: bool, param_opt: bool,
-                  cabac_unary_length_minus1: int, topology_unit: bool, topology_data: str = "") -> bytes:
+                  cabac_unary_length_minus1: int, topology_unit: bool, topology_data: str = "",
+                  workers: int = 1) -> bytes:
     _check_options(profile, scan_order, cabac_unary_length_minus1)
+    workers = _check_workers(workers)
     qp_density = _unify_qp_density(items)
     qp_base = _choose_qp_base(items, qp_density)
     parts = [hls.write_start_unit(profile),
              hls.write_mps(profile, qp_density, qp_base, topology_carriage=topology_unit)]
     if topology_unit:
         parts.append(hls.write_tpl(topology_data))
-    for index, it in enumerate(items):
+
+    def encode_ndu(indexed: tuple[int, _Item]) -> bytes:
+        index, it = indexed
         so = _header_scan_order(it.shape, scan_order)
         is_float = it.payload_type == PayloadType.NNR_PT_FLOAT
         header = NduHeader(name=it.name, payload_type=it.payload_type, dims=it.shape, dq=it.dq,
@@ -283,17 +303,21 @@ def _encode_items(items: list[_Item], *, profile: int, scan_order: int, row_skip
         header.entry_points = [tuple(e) for e in eps]
         if hls.num_entry_points(it.shape, so) != len(header.entry_points):
             raise AssertionError("entry point count mismatch")  # coder invariant, not user input
-        parts.append(hls.write_ndu(header, profile, payload))
+        return hls.write_ndu(header, profile, payload)
+
+    parts += _map_in_order(encode_ndu, list(enumerate(items)), workers)
     return b"".join(parts)
 
 
 def encode(tensors: Mapping[str, object], *, profile: int = 1, scan_order: int = 0, row_skipping: bool = True,
-           param_opt: bool = True, cabac_unary_length_minus1: int = 10, topology_unit: bool = True) -> bytes:
+           param_opt: bool = True, cabac_unary_length_minus1: int = 10, topology_unit: bool = True,
+           workers: int = 1) -> bytes:
     """Encodes named tensors into one NNC bitstream.
 
     Values are quantized tensor descriptions (attributes levels, qp, qp_density, codebook, optional dq)
     coded as NNR_PT_FLOAT, or integer torch tensors / numpy arrays coded losslessly as NNR_PT_INT. Tensors
-    with different qp_density are converted exactly to the largest one. Deterministic: same input, same bytes.
+    with different qp_density are converted exactly to the largest one. Deterministic: same input, same bytes
+    (whatever `workers`, the number of threads coding tensors in parallel; e.g. ``os.cpu_count()``).
     """
     if not isinstance(tensors, Mapping):
         raise TypeError(f"tensors must be a mapping of names to tensors, got {type(tensors).__name__}")
@@ -302,7 +326,7 @@ def encode(tensors: Mapping[str, object], *, profile: int = 1, scan_order: int =
     items = [_to_item(name, value) for name, value in tensors.items()]
     return _encode_items(items, profile=profile, scan_order=scan_order, row_skipping=row_skipping,
                          param_opt=param_opt, cabac_unary_length_minus1=cabac_unary_length_minus1,
-                         topology_unit=topology_unit)
+                         topology_unit=topology_unit, workers=workers)
 
 
 # ------------------------------------------------------------------------------------------------ decode
@@ -400,16 +424,24 @@ def _decode_values(ndu: hls.ParsedNdu, profile: int, max_elements: int) -> torch
     return values
 
 
-def decode_levels(data: bytes, *, max_elements: int = DEFAULT_MAX_ELEMENTS) -> dict[str, DecodedTensor]:
-    """Decodes a bitstream to integer levels and parameters (one DecodedTensor per NDU, stream order)."""
+def decode_levels(data: bytes, *, max_elements: int = DEFAULT_MAX_ELEMENTS,
+                  workers: int = 1) -> dict[str, DecodedTensor]:
+    """Decodes a bitstream to integer levels and parameters (one DecodedTensor per NDU, stream order);
+    `workers` threads decode tensors in parallel."""
+    workers = _check_workers(workers)
     stream, ndus = _checked_ndus(data)
-    return {ndu.header.name: _decode_ndu(ndu, stream.profile, max_elements) for ndu in ndus}
+    decoded = _map_in_order(lambda ndu: _decode_ndu(ndu, stream.profile, max_elements), ndus, workers)
+    return {ndu.header.name: t for ndu, t in zip(ndus, decoded, strict=True)}
 
 
-def decode(data: bytes, *, max_elements: int = DEFAULT_MAX_ELEMENTS) -> dict[str, torch.Tensor]:
+def decode(data: bytes, *, max_elements: int = DEFAULT_MAX_ELEMENTS,
+           workers: int = 1) -> dict[str, torch.Tensor]:
     """Decodes a bitstream to {name: tensor}: float32 for PT_FLOAT (levels · Δ in float32), int32 for PT_INT.
 
-    max_elements caps the size of any one tensor (protects against hostile headers).
+    max_elements caps the size of any one tensor (protects against hostile headers); `workers` threads
+    decode tensors in parallel.
     """
+    workers = _check_workers(workers)
     stream, ndus = _checked_ndus(data)
-    return {ndu.header.name: _decode_values(ndu, stream.profile, max_elements) for ndu in ndus}
+    values = _map_in_order(lambda ndu: _decode_values(ndu, stream.profile, max_elements), ndus, workers)
+    return {ndu.header.name: v for ndu, v in zip(ndus, values, strict=True)}

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 import torch
 
-from ecqx.coding.api import _description_item, _encode_items, _int32_levels, _Item, decode_levels
+from ecqx.coding.api import _description_item, _encode_items, _int32_levels, _Item, decode
 from ecqx.coding.errors import BitstreamError
 from ecqx.coding.hls import PayloadType, parse_stream
 from ecqx.coding.quant import quantize_tensor
@@ -93,12 +93,12 @@ def _metadata(data: bytes) -> dict:
         return {"dtype": {}, "scalar": []}
 
 
-def decode_state_dict(data: bytes) -> dict[str, torch.Tensor]:
-    """Decodes a bitstream to a state_dict (original dtypes and 0-d shapes restored when recorded)."""
+def decode_state_dict(data: bytes, *, workers: int = 1) -> dict[str, torch.Tensor]:
+    """Decodes a bitstream to a state_dict (original dtypes and 0-d shapes restored when recorded);
+    `workers` threads decode tensors in parallel."""
     meta = _metadata(data)
     out: dict[str, torch.Tensor] = {}
-    for name, t in decode_levels(data).items():
-        value = t.dequantize()
+    for name, value in decode(data, workers=workers).items():
         dtype_name = meta["dtype"].get(name)
         if dtype_name is not None:
             dtype = _FLOAT_DTYPES.get(dtype_name) or _INT_DTYPES.get(dtype_name)

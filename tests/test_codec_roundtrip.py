@@ -189,3 +189,54 @@ def test_all_zero_tensor_with_few_bytes_decodes():
         z = torch.zeros(shape, dtype=torch.int32)
         data = encode({"z": CodedTensor(z, -30)})
         assert torch.equal(decode_levels(data)["z"].levels, z)
+
+
+def _mixed_tensors() -> dict:
+    rs = np.random.RandomState(11)
+    dense = torch.from_numpy(rs.laplace(0, 0.05, (64, 3, 3, 3)).astype(np.float32))
+    return {
+        "conv": quantize_tensor(dense, -30),
+        "conv_dq": quantize_tensor(dense, -28, dq=True),
+        "fc": CodedTensor(torch.from_numpy(rs.randint(-3, 4, (40, 70)).astype(np.int32)), -20, 3),
+        "cb": CodedTensor(torch.tensor([[-4, 0, 0, 9], [9, 9, 0, -4]], dtype=torch.int32), -16,
+                          codebook=torch.tensor([-4, 0, 9], dtype=torch.int32)),
+        "steps": torch.arange(-5, 300, dtype=torch.int32),  # PT_INT
+        "bias": quantize_tensor(torch.linspace(-1, 1, 17), -60),
+    }
+
+
+def test_parallel_workers_give_the_same_bytes_and_values():
+    tensors = _mixed_tensors()
+    serial = encode(tensors)
+    assert encode(tensors, workers=3) == serial
+    assert encode(tensors, workers=64) == serial
+    reference = decode(serial)
+    for workers in (2, 5):
+        values = decode(serial, workers=workers)
+        assert list(values) == list(tensors)  # stream order kept
+        for name in tensors:
+            assert torch.equal(values[name], reference[name])
+        levels = decode_levels(serial, workers=workers)
+        assert list(levels) == list(tensors)
+        assert torch.equal(levels["fc"].levels, tensors["fc"].levels)
+
+
+@pytest.mark.parametrize("bad", [0, -2, 1.5, True, "4", None])
+def test_workers_must_be_a_positive_int(bad):
+    tensors = {"a": torch.arange(6, dtype=torch.int32)}
+    with pytest.raises(ValueError, match="workers must be an int >= 1"):
+        encode(tensors, workers=bad)
+    data = encode(tensors)
+    for fn in (decode, decode_levels):
+        with pytest.raises(ValueError, match="workers must be an int >= 1"):
+            fn(data, workers=bad)
+
+
+def test_parallel_decode_of_a_corrupt_tensor_raises_bitstream_error():
+    from ecqx.coding import BitstreamError
+
+    tensors = _mixed_tensors()
+    data = bytearray(encode(tensors))
+    data[-3] ^= 0xFF  # inside the last NDU's CABAC payload
+    with pytest.raises(BitstreamError):
+        decode(bytes(data), workers=4)

@@ -43,6 +43,11 @@ def test_state_dict_round_trip_loads_strictly():
         else:
             assert torch.equal(out[name], t)
     assert int(out["1.num_batches_tracked"]) == 123 and out["1.num_batches_tracked"].dim() == 0
+    # parallel coding of the tensors changes nothing
+    assert encode_state_dict(sd, quantized=q, workers=3) == data
+    parallel = decode_state_dict(data, workers=3)
+    for name in sd:
+        assert torch.equal(parallel[name], out[name]) and parallel[name].dtype == out[name].dtype
 
 
 def test_nonweight_qp_used_for_unquantized_floats():
