@@ -27,12 +27,14 @@ and swaps values in and out of the very same ``nn.Parameter`` objects the optimi
 Before ``start_epoch`` the callback does nothing (full-precision warm-up). At the start of ``start_epoch`` it
 builds the grids from the current weights, clones the shadows and writes the first assignment.
 
+Per-tensor state is one :class:`ecqx.state.TensorState` per quantized tensor (grid, λ, running relevance, EC2T
+magnitudes and phase, last assignment): the callbacks only decide *when* to call it and keep the shadows.
+
 Checkpoints: :meth:`QuantizationCallback.state_dict` holds the phase, the step counter, and per tensor the
-grid,
-shadow, levels and method state (running relevance, EC2T scales and their optimizer). A run resumed with
-``ckpt_path=`` continues from exactly that state. DDP: gradients reach ``on_before_optimizer_step`` already
-all-reduced, so every rank steps identical shadows and the deterministic assignment gives identical quantized
-weights; ECQx relevances are averaged over ranks before use.
+grid, shadow, levels and method state (running relevance, EC2T magnitudes and their optimizer). A run resumed
+with ``ckpt_path=`` continues from exactly that state. DDP: gradients reach ``on_before_optimizer_step``
+already all-reduced, so every rank steps identical shadows and the deterministic assignment gives identical
+quantized weights; ECQx relevances are averaged over ranks before use.
 
 Unsupported combinations fail in ``setup``/``on_fit_start`` with a message: manual optimization, sharded
 strategies (FSDP, DeepSpeed), closures evaluated several times per step (LBFGS), true half precision
@@ -53,6 +55,8 @@ from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.strategies import DDPStrategy, SingleDeviceStrategy
 from pytorch_lightning.utilities import rank_zero_info
 
+from ecqx.quantized import QuantizedTensor
+from ecqx.state import TensorState
 from ecqx.targets import DEFAULT_EXCLUDE, select_targets
 
 log = logging.getLogger(__name__)
@@ -79,6 +83,24 @@ class TensorStats:
     relevance_flips: int = 0
 
 
+def level_entropy_bits(levels: torch.Tensor) -> float:
+    """Empirical entropy (bits per value) of an integer tensor's value histogram."""
+    _, counts = torch.unique(levels, return_counts=True)
+    pmf = counts.double() / levels.numel()
+    return float(-(pmf * torch.log2(pmf)).sum())
+
+
+def tensor_stats(state: TensorState, levels: torch.Tensor) -> TensorStats:
+    """Logging statistics of ``state``'s last assignment (``levels`` = ``state.levels()``)."""
+    return TensorStats(
+        numel=levels.numel(),
+        zeros=int((levels == 0).sum()),
+        entropy_bits=level_entropy_bits(levels),
+        lam=state.lam_layer,
+        relevance_flips=state.relevance_flips,
+    )
+
+
 def check_choice(argument: str, value: Any, allowed: Iterable[Any]) -> None:
     allowed = tuple(allowed)
     if value not in allowed:
@@ -102,8 +124,8 @@ def check_number(argument: str, value: Any, low: float, high: float | None = Non
 class QuantizationCallback(Callback):
     """Base class: the Lightning mechanics shared by ECQ, ECQx and EC2T (see the module docstring).
 
-    Subclasses implement :meth:`_build_tensor_state`, :meth:`_shadow_gradient`, :meth:`_reassign` and
-    :meth:`_describe`; everything they compute comes from :mod:`ecqx`.
+    Subclasses implement :meth:`_build_tensor_state` (a :class:`~ecqx.state.TensorState`) and the checkpoint
+    mapping; the per-step maths is the state's (:mod:`ecqx`).
 
     Args:
         lam: the global entropy gain Λ (γ for EC2T); 0 gives nearest-level rounding.
@@ -147,8 +169,7 @@ class QuantizationCallback(Callback):
         self.optimizer_steps = 0
         self.targets: list[str] = []
         self.shadows: dict[str, torch.Tensor] = {}
-        self.levels: dict[str, torch.Tensor] = {}
-        self.tensor_states: dict[str, dict[str, Any]] = {}
+        self.tensor_states: dict[str, TensorState] = {}
         self.stats: dict[str, TensorStats] = {}
         self.fp_metrics: dict[str, float] = {}
         self._swapped: set[str] = set()
@@ -161,11 +182,16 @@ class QuantizationCallback(Callback):
         """True once quantization has started (the model's targets hold quantized values)."""
         return self.phase != PHASE_WARMUP
 
-    def quantized_tensors(self) -> dict[str, Any]:
+    @property
+    def levels(self) -> dict[str, torch.Tensor]:
+        """Integer levels (int32) of every quantized tensor's current assignment, by name."""
+        return {name: state.levels() for name, state in self.tensor_states.items()}
+
+    def quantized_tensors(self) -> dict[str, QuantizedTensor]:
         """Contract descriptions (levels, qp, qp_density, codebook) of every quantized tensor, by name."""
         if not self.is_active:
             return {}
-        return {name: self._describe(name) for name in self.targets}
+        return {name: self.tensor_states[name].export() for name in self.targets}
 
     def summary(self) -> dict[str, float]:
         """Totals of the latest assignment: sparsity, bits per weight, estimated coded bytes, flips."""
@@ -224,7 +250,7 @@ class QuantizationCallback(Callback):
         tensors = {
             name: {
                 "shadow": self.shadows[name].detach().clone(),
-                "levels": self.levels[name].detach().clone(),
+                "levels": self.tensor_states[name].levels(),
                 **self._tensor_state_dict(name),
             }
             for name in self.shadows
@@ -352,7 +378,7 @@ class QuantizationCallback(Callback):
         for name, param in self._parameters(pl_module).items():
             if param.grad is None:
                 continue
-            shadow_grad = self._shadow_gradient(name, param.grad, param.detach())
+            shadow_grad = self.tensor_states[name].shadow_gradient(param.grad, param.detach())
             if shadow_grad is None:  # this tensor's shadow is not stepped (EC2T frozen assignment)
                 param.grad = None
                 continue
@@ -373,14 +399,13 @@ class QuantizationCallback(Callback):
     def _requantize(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         params = self._parameters(pl_module)
         for name, param in params.items():
-            levels, values, stats = self._reassign(name, self.shadows[name])
-            self.levels[name] = levels
-            self.stats[name] = stats
-            param.copy_(values)
+            state = self.tensor_states[name]
+            param.copy_(state.requantize(self.shadows[name]))
+            self.stats[name] = tensor_stats(state, state.levels())
         self._stepped = False
 
     def _quantized_values(self, name: str) -> torch.Tensor:
-        return self._describe(name).dequantize().to(self.shadows[name].device)
+        return self.tensor_states[name].export().dequantize().to(self.shadows[name].device)
 
     def _epoch_metrics(self) -> dict[str, float]:
         metrics = {f"quant/{key}": value for key, value in self.summary().items()}
@@ -406,34 +431,25 @@ class QuantizationCallback(Callback):
         for name, entry in state["tensors"].items():
             device = params[name].device
             self.shadows[name] = entry["shadow"].to(device).clone()
-            self.levels[name] = entry["levels"].to(device).clone()
-            self._load_tensor_state(name, entry, device)
+            self.tensor_states[name] = self._load_tensor_state(name, entry, device)
         self._load_extra_state(state["extra"], pl_module)
         self._swapped.clear()
         self._stepped = False
 
     # ------------------------------------------------------------------ subclass interface
-    def _build_tensor_state(self, name: str, weights: torch.Tensor, max_numel: int) -> dict[str, Any]:
-        raise NotImplementedError
-
-    def _shadow_gradient(self, name: str, grad: torch.Tensor, quantized: torch.Tensor) -> torch.Tensor | None:
-        """The gradient the shadow receives (``None``: this shadow is not stepped)."""
-        raise NotImplementedError
-
-    def _reassign(self, name: str, shadow: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, TensorStats]:
-        raise NotImplementedError
-
-    def _describe(self, name: str) -> Any:
+    def _build_tensor_state(self, name: str, weights: torch.Tensor, max_numel: int) -> TensorState:
         raise NotImplementedError
 
     def _after_shadow_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any) -> None:
         """Runs after the shadows took the optimizer step, before re-assignment (ECQx relevances, EC2T)."""
 
     def _tensor_state_dict(self, name: str) -> dict[str, Any]:
-        return {}
+        """The method's per-tensor checkpoint entries (besides ``shadow`` and ``levels``)."""
+        raise NotImplementedError
 
-    def _load_tensor_state(self, name: str, entry: dict[str, Any], device: torch.device) -> None:
-        pass
+    def _load_tensor_state(self, name: str, entry: dict[str, Any], device: torch.device) -> TensorState:
+        """Rebuild a tensor's state from its checkpoint entry (``shadow``, ``levels`` and the method's)."""
+        raise NotImplementedError
 
     def _extra_state_dict(self) -> dict[str, Any]:
         return {}

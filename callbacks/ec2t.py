@@ -23,30 +23,11 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from ecqx.callbacks._base import (
-    PHASE_FROZEN,
-    PHASE_QUANTIZE,
-    QuantizationCallback,
-    TensorStats,
-    check_int,
-    check_number,
-)
-from ecqx.callbacks.ecq import tensor_stats
-from ecqx.ec2t import (
-    DEFAULT_INIT_SCALE,
-    DEFAULT_RESOLUTION,
-    clamp_magnitudes,
-    ec2t_assign,
-    ec2t_gradients,
-    frozen_values,
-    init_magnitudes,
-    magnitude_floor,
-    ternary_grid,
-    ternary_step,
-)
+from ecqx.callbacks._base import PHASE_FROZEN, PHASE_QUANTIZE, QuantizationCallback, check_int, check_number
+from ecqx.ec2t import DEFAULT_INIT_SCALE, DEFAULT_RESOLUTION
 from ecqx.entropy import size_decay
 from ecqx.grid import Grid
-from ecqx.quantized import QuantizedTensor
+from ecqx.state import TensorState
 
 
 class EC2T(QuantizationCallback):
@@ -116,108 +97,65 @@ class EC2T(QuantizationCallback):
             and trainer.current_epoch >= self.freeze_epoch
         ):
             self.phase = PHASE_FROZEN
+            for state in self.tensor_states.values():
+                state.freeze()
 
-    def _build_tensor_state(self, name: str, weights: torch.Tensor, max_numel: int) -> dict[str, Any]:
-        w_n, w_p = init_magnitudes(weights, self.init_scale)
-        qp, qp_density, step = ternary_step(w_n, w_p, self.resolution)
-        state = {
-            "w_n": torch.tensor(w_n, dtype=torch.float32, device=weights.device),
-            "w_p": torch.tensor(w_p, dtype=torch.float32, device=weights.device),
-            "qp": qp,
-            "qp_density": qp_density,
-            "step": step,
-            "decay": size_decay(weights.numel(), max_numel),
-            "indices": None,
-            "grid": None,
-        }
+    def _build_tensor_state(self, name: str, weights: torch.Tensor, max_numel: int) -> TensorState:
         self._centroid_optimizer = None  # rebuilt over all magnitudes on first use
-        return state
+        return TensorState.for_ec2t(
+            weights,
+            gamma=self.lam,
+            decay=size_decay(weights.numel(), max_numel),
+            mode=self.mode,
+            init_scale=self.init_scale,
+            resolution=self.resolution,
+        )
 
     def _magnitudes(self) -> list[torch.Tensor]:
-        return [self.tensor_states[n][key] for n in self.targets for key in ("w_n", "w_p")]
+        return [m for n in self.targets for m in (self.tensor_states[n].w_n, self.tensor_states[n].w_p)]
 
     def _optimizer(self) -> torch.optim.Optimizer:
         if self._centroid_optimizer is None:
-            for magnitude in self._magnitudes():
-                magnitude.requires_grad_(True)
             self._centroid_optimizer = torch.optim.Adam(self._magnitudes(), lr=self.centroid_lr)
         return self._centroid_optimizer
 
-    # ---------------------------------------------------------------- gradients and steps
-    def _shadow_gradient(self, name: str, grad: torch.Tensor, quantized: torch.Tensor) -> torch.Tensor | None:
-        state = self.tensor_states[name]
-        grid: Grid = state["grid"]
-        a, b = -grid.levels[0] * grid.step, grid.levels[2] * grid.step
-        shadow_grad, grad_w_n, grad_w_p = ec2t_gradients(grad, state["indices"], a, b, self.mode)
-        self._accumulate(state["w_n"], grad_w_n)
-        self._accumulate(state["w_p"], grad_w_p)
-        return None if self.phase == PHASE_FROZEN else shadow_grad
-
-    @staticmethod
-    def _accumulate(magnitude: torch.Tensor, grad: torch.Tensor) -> None:
-        grad = grad.detach().to(magnitude.dtype).reshape(magnitude.shape)
-        magnitude.grad = grad.clone() if magnitude.grad is None else magnitude.grad + grad
-
+    # ---------------------------------------------------------------- steps
     def _after_shadow_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any) -> None:
+        # the magnitudes' gradients were accumulated by TensorState.shadow_gradient
         optimizer = self._optimizer()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         for name in self.targets:
-            state = self.tensor_states[name]
-            clamp_magnitudes(state["w_n"], state["w_p"], self.shadows[name])
-
-    def _reassign(self, name: str, shadow: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, TensorStats]:
-        state = self.tensor_states[name]
-        grid = ternary_grid(
-            state["w_n"].item(),
-            state["w_p"].item(),
-            state["qp"],
-            state["qp_density"],
-            state["step"],
-            floor=magnitude_floor(shadow),
-        )
-        values = grid.values(shadow.device)
-        lam = 0.0
-        if self.phase == PHASE_FROZEN and state["indices"] is not None:
-            indices = state["indices"]
-        else:
-            result = ec2t_assign(shadow, values, self.lam, state["decay"], self.mode)
-            indices, lam = result.indices, result.lam
-        state["indices"], state["grid"] = indices, grid
-        levels = grid.level_tensor(shadow.device)[indices]
-        return levels, frozen_values(indices, values), tensor_stats(levels, lam)
-
-    def _describe(self, name: str) -> QuantizedTensor:
-        grid: Grid = self.tensor_states[name]["grid"]
-        return QuantizedTensor(
-            self.levels[name].to(torch.int32), grid.qp, grid.qp_density, codebook=grid.level_tensor()
-        )
+            self.tensor_states[name].clamp_magnitudes(self.shadows[name])
 
     # ---------------------------------------------------------------- checkpoint state
     def _tensor_state_dict(self, name: str) -> dict[str, Any]:
         state = self.tensor_states[name]
         return {
-            "w_n": state["w_n"].detach().clone(),
-            "w_p": state["w_p"].detach().clone(),
-            "qp": state["qp"],
-            "qp_density": state["qp_density"],
-            "step": state["step"],
-            "decay": state["decay"],
-            "indices": state["indices"].clone(),
-            "grid": state["grid"].to_dict(),
+            "w_n": state.w_n.detach().clone(),
+            "w_p": state.w_p.detach().clone(),
+            "qp": state.grid.qp,
+            "qp_density": state.grid.qp_density,
+            "step": state.grid.step,
+            "decay": state.decay,
+            "indices": state.indices.clone(),
+            "grid": state.grid.to_dict(),
         }
 
-    def _load_tensor_state(self, name: str, entry: dict[str, Any], device: torch.device) -> None:
-        self.tensor_states[name] = {
-            "w_n": entry["w_n"].to(device).clone(),
-            "w_p": entry["w_p"].to(device).clone(),
-            "qp": entry["qp"],
-            "qp_density": entry["qp_density"],
-            "step": entry["step"],
-            "decay": entry["decay"],
-            "indices": entry["indices"].to(device).clone(),
-            "grid": Grid.from_dict(entry["grid"]),
-        }
+    def _load_tensor_state(self, name: str, entry: dict[str, Any], device: torch.device) -> TensorState:
+        self._centroid_optimizer = None
+        return TensorState(
+            method="ec2t",
+            mode=self.mode,
+            grid=Grid.from_dict(entry["grid"]),
+            lam=self.lam,
+            decay=entry["decay"],
+            ste_scale="abs",
+            phase="frozen" if self.phase == PHASE_FROZEN else "assign",
+            w_n=entry["w_n"].to(device).clone().requires_grad_(True),
+            w_p=entry["w_p"].to(device).clone().requires_grad_(True),
+            indices=entry["indices"].to(device).clone(),
+        )
 
     def _extra_state_dict(self) -> dict[str, Any]:
         optimizer = self._centroid_optimizer

@@ -1,8 +1,9 @@
 """``ECQ`` and ``ECQx``: entropy-constrained quantization-aware training on a fixed b-bit grid per tensor.
 
-The maths is :mod:`ecqx` (grids :func:`ecqx.grid.uniform_grid`, assignment :func:`ecqx.assign.assign`, the
-straight-through rule :func:`ecqx.ste.ste_gradient`, relevances :func:`ecqx.relevance.weight_relevances`); the
-shadow-weight mechanics are in :mod:`ecqx.callbacks._base`.
+The per-tensor maths is :class:`ecqx.state.TensorState` (grid :func:`ecqx.grid.uniform_grid` snapped to an NNC
+step, assignment :func:`ecqx.assign.assign`, straight-through rule :func:`ecqx.ste.ste_gradient`, running
+relevance); relevances come from :func:`ecqx.relevance.weight_relevances`; the shadow-weight mechanics are in
+:mod:`ecqx.callbacks._base`.
 
 ECQx relevances (spec ecqx-ec2t.md §3.1): after the shadow step and before the re-assignment, every
 ``relevance_every_n_steps`` optimizer steps, LRP weight relevances are computed on the live model in eval mode
@@ -23,33 +24,16 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import move_data_to_device
 
-from ecqx.assign import DEFAULT_P, assign, levels_of, values_of
-from ecqx.callbacks._base import QuantizationCallback, TensorStats, check_choice, check_int, check_number
+from ecqx.assign import DEFAULT_P
+from ecqx.callbacks._base import QuantizationCallback, check_choice, check_int, check_number
 from ecqx.callbacks._evaluate import find_loader
 from ecqx.entropy import size_decay
-from ecqx.grid import Grid, snap_grid, uniform_grid
-from ecqx.quantized import QuantizedTensor
-from ecqx.ste import STE_SCALES, default_ste_scale, ste_gradient
+from ecqx.grid import Grid
+from ecqx.state import TensorState
+from ecqx.ste import STE_SCALES, default_ste_scale
 
 RELEVANCE_SOURCES = ("batch", "val")
 RELEVANCE_BACKENDS = ("zennit", "captum")
-
-
-def level_entropy_bits(levels: torch.Tensor) -> float:
-    """Empirical entropy (bits per value) of an integer tensor's value histogram."""
-    _, counts = torch.unique(levels, return_counts=True)
-    pmf = counts.double() / levels.numel()
-    return float(-(pmf * torch.log2(pmf)).sum())
-
-
-def tensor_stats(levels: torch.Tensor, lam: float, relevance_flips: int = 0) -> TensorStats:
-    return TensorStats(
-        numel=levels.numel(),
-        zeros=int((levels == 0).sum()),
-        entropy_bits=level_entropy_bits(levels),
-        lam=lam,
-        relevance_flips=relevance_flips,
-    )
 
 
 class ECQ(QuantizationCallback):
@@ -88,45 +72,34 @@ class ECQ(QuantizationCallback):
         self.bits = bits
         self.gradient_scale = gradient_scale or default_ste_scale(mode)
 
-    def _build_tensor_state(self, name: str, weights: torch.Tensor, max_numel: int) -> dict[str, Any]:
-        # Always snapped (also in faithful mode): the trained values must be exactly what NNC decodes.
-        grid = snap_grid(uniform_grid(weights, self.bits, self.mode))
-        return {"grid": grid, "decay": size_decay(weights.numel(), max_numel)}
-
-    def _shadow_gradient(self, name: str, grad: torch.Tensor, quantized: torch.Tensor) -> torch.Tensor:
-        return ste_gradient(grad, quantized, self.gradient_scale)
-
-    def _relevance(self, name: str) -> torch.Tensor | None:
-        return None
-
-    def _reassign(self, name: str, shadow: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, TensorStats]:
-        state = self.tensor_states[name]
-        result = assign(
-            shadow,
-            state["grid"],
-            self.lam,
-            state["decay"],
-            self.mode,
-            relevance=self._relevance(name),
-            p=getattr(self, "p", DEFAULT_P),
+    def _build_tensor_state(self, name: str, weights: torch.Tensor, max_numel: int) -> TensorState:
+        # The grid is snapped in both modes: the trained values must be exactly what NNC decodes.
+        return TensorState.for_ecq(
+            weights,
+            bits=self.bits,
+            lam=self.lam,
+            decay=size_decay(weights.numel(), max_numel),
+            mode=self.mode,
+            ste_scale=self.gradient_scale,
         )
-        levels = levels_of(result, state["grid"])
-        return (
-            levels,
-            values_of(result, state["grid"]),
-            tensor_stats(levels, result.lam, result.relevance_flips),
-        )
-
-    def _describe(self, name: str) -> QuantizedTensor:
-        grid: Grid = self.tensor_states[name]["grid"]
-        return QuantizedTensor(self.levels[name].to(torch.int32), grid.qp, grid.qp_density)
 
     def _tensor_state_dict(self, name: str) -> dict[str, Any]:
         state = self.tensor_states[name]
-        return {"grid": state["grid"].to_dict(), "decay": state["decay"]}
+        return {"grid": state.grid.to_dict(), "decay": state.decay}
 
-    def _load_tensor_state(self, name: str, entry: dict[str, Any], device: torch.device) -> None:
-        self.tensor_states[name] = {"grid": Grid.from_dict(entry["grid"]), "decay": entry["decay"]}
+    def _load_tensor_state(self, name: str, entry: dict[str, Any], device: torch.device) -> TensorState:
+        grid = Grid.from_dict(entry["grid"])
+        levels = entry["levels"].to(device=device, dtype=torch.int32)
+        return TensorState(
+            method=self.method,
+            mode=self.mode,
+            grid=grid,
+            lam=self.lam,
+            decay=entry["decay"],
+            p=getattr(self, "p", DEFAULT_P),
+            ste_scale=self.gradient_scale,
+            indices=torch.searchsorted(grid.level_tensor(device), levels),
+        )
 
 
 class ECQx(ECQ):
@@ -186,14 +159,29 @@ class ECQx(ECQ):
         self.relevance_batches = relevance_batches
         self.backend = backend
         self.composite = composite
-        self.relevances: dict[str, torch.Tensor] = {}
+
+    @property
+    def relevances(self) -> dict[str, torch.Tensor]:
+        """The running relevance of every tensor that has one this epoch, by name."""
+        return {n: s.relevance for n, s in self.tensor_states.items() if s.relevance is not None}
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.relevances = {}  # the reference keeps the running relevance per epoch
+        for state in self.tensor_states.values():
+            state.reset_relevance()  # the reference keeps the running relevance per epoch
         super().on_train_epoch_start(trainer, pl_module)
 
-    def _relevance(self, name: str) -> torch.Tensor | None:
-        return self.relevances.get(name)
+    def _build_tensor_state(self, name: str, weights: torch.Tensor, max_numel: int) -> TensorState:
+        return TensorState.for_ecq(
+            weights,
+            bits=self.bits,
+            lam=self.lam,
+            decay=size_decay(weights.numel(), max_numel),
+            mode=self.mode,
+            relevance=True,
+            p=self.p,
+            ste_scale=self.gradient_scale,
+            relevance_alpha=self.alpha,
+        )
 
     def _after_shadow_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any) -> None:
         if self.relevances and self.optimizer_steps % self.relevance_every_n_steps:
@@ -201,10 +189,7 @@ class ECQx(ECQ):
         fresh = self._compute_relevances(trainer, pl_module, batch)
         for name in self.targets:
             new = trainer.strategy.reduce(fresh[name].detach().float(), reduce_op="mean")
-            previous = self.relevances.get(name)
-            self.relevances[name] = (
-                new if previous is None else (1 - self.alpha) * new + self.alpha * previous
-            )
+            self.tensor_states[name].update_relevance(new)
 
     def _compute_relevances(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any
@@ -260,10 +245,12 @@ class ECQx(ECQ):
         entry["relevance"] = None if relevance is None else relevance.detach().clone()
         return entry
 
-    def _load_tensor_state(self, name: str, entry: dict[str, Any], device: torch.device) -> None:
-        super()._load_tensor_state(name, entry, device)
+    def _load_tensor_state(self, name: str, entry: dict[str, Any], device: torch.device) -> TensorState:
+        state = super()._load_tensor_state(name, entry, device)
+        state.relevance_alpha = self.alpha
         if entry.get("relevance") is not None:
-            self.relevances[name] = entry["relevance"].to(device).clone()
+            state.relevance = entry["relevance"].to(device).clone()
+        return state
 
 
 def _inputs_and_targets(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:

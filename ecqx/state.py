@@ -1,18 +1,24 @@
-"""Per-tensor quantizer state for training callbacks: :class:`TensorState`.
+"""Per-tensor quantizer state: :class:`TensorState`, the one implementation the training callbacks use.
 
 One object per quantized tensor holds everything a training step needs and a checkpoint must keep: the grid
 (levels, Δ, qp, qp_density), global Λ/γ, the size decay δ_l, the last λ, the ECQx running relevance, the EC2T
-magnitudes and phase, and the last assignment. A callback's step is::
+magnitudes and phase, and the last assignment. A training step (what :mod:`ecqx.callbacks` does) is::
 
     state = TensorState.for_ecq(weight, bits=4, lam=0.05, decay=size_decay(n, n_max))   # or for_ec2t(...)
     shadow = make_shadow(weight)                                  # once, own storage
     ...  # forward/backward on the quantized weight
-    shadow.grad = state.shadow_gradient(weight.grad, weight)      # EC2T: also fills state.w_n/w_p.grad
+    shadow.grad = state.shadow_gradient(weight.grad, weight)      # EC2T: also fills state.w_n/w_p.grad;
+                                                                  # None in EC2T's frozen phase
     ...  # optimizer steps on shadow (EC2T: also on [state.w_n, state.w_p])
     state.clamp_magnitudes(shadow)                                # EC2T only (no-op otherwise)
     state.update_relevance(relevances[name])                      # ECQx only
     weight.data.copy_(state.requantize(shadow))                   # entropy-constrained re-assignment
     ...  # export: state.export() -> QuantizedTensor for ecqx.coding
+
+**What is trained is what is exported**, in both modes: the grid is always snapped to an NNC step size
+(``faithful`` mode selects only the reference's pmf update, λ_max rule, gradient sign conventions), and EC2T
+trains on the snapped ternary values {−a, 0, b}·Δ, so ``export().dequantize()`` equals the last
+:meth:`TensorState.requantize` output bit for bit.
 
 ``state_dict()`` holds only tensors and Python scalars and :meth:`load_state_dict` restores it exactly;
 ``to(device)`` moves the tensors.
@@ -28,6 +34,7 @@ from ecqx._checks import check_choice, check_mode, check_nonnegative
 from ecqx.assign import DEFAULT_P, assign, values_of
 from ecqx.ec2t import (
     DEFAULT_INIT_SCALE,
+    DEFAULT_RESOLUTION,
     clamp_magnitudes,
     ec2t_assign,
     ec2t_gradients,
@@ -36,10 +43,9 @@ from ecqx.ec2t import (
     magnitude_floor,
     ternary_grid,
     ternary_step,
-    ternary_values,
 )
-from ecqx.grid import DEFAULT_PERCENTILE, Grid, uniform_grid
-from ecqx.quantized import QuantizedTensor, export_levels
+from ecqx.grid import DEFAULT_PERCENTILE, Grid, snap_grid, uniform_grid
+from ecqx.quantized import QuantizedTensor
 from ecqx.ste import STE_SCALES, default_ste_scale, ste_gradient
 from ecqx.stepsize import DEFAULT_SNAP_RTOL
 
@@ -81,6 +87,11 @@ class TensorState:
         check_nonnegative("p", self.p)
         if not 0 <= self.relevance_alpha <= 1:
             raise ValueError(f"relevance_alpha must be in [0, 1], got {self.relevance_alpha!r}")
+        if not self.grid.snapped:
+            raise ValueError(
+                f"grid step {self.grid.step!r} is not snapped to an NNC step (qp is None); a TensorState "
+                "trains exactly the values it exports. HINT: ecqx.grid.snap_grid(grid)"
+            )
 
     # construction -------------------------------------------------------------------------------------------
     @classmethod
@@ -88,17 +99,23 @@ class TensorState:
                 mode: str = "clean", relevance: bool = False, p: float = DEFAULT_P,
                 ste_scale: str | None = None, percentile: float = DEFAULT_PERCENTILE,
                 snap_rtol: float = DEFAULT_SNAP_RTOL, relevance_alpha: float = DEFAULT_ALPHA) -> TensorState:
-        """State for ECQ (``relevance=False``) or ECQx (``relevance=True``), grid built from ``weight``."""
+        """State for ECQ (``relevance=False``) or ECQx (``relevance=True``), grid built from ``weight``.
+
+        The grid is snapped to an NNC step in both modes (the faithful reference step, snapped), so the
+        trained values are exactly the exported ones.
+        """
         grid = uniform_grid(weight, bits, mode, percentile=percentile, snap_rtol=snap_rtol)
+        grid = snap_grid(grid, snap_rtol)
         return cls(method="ecqx" if relevance else "ecq", mode=mode, grid=grid, lam=lam, decay=decay, p=p,
                    ste_scale=ste_scale or default_ste_scale(mode), relevance_alpha=relevance_alpha)
 
     @classmethod
     def for_ec2t(cls, weight: torch.Tensor, gamma: float = 0.15, decay: float = 1.0, mode: str = "clean",
-                 init_scale: float = DEFAULT_INIT_SCALE, snap_rtol: float = DEFAULT_SNAP_RTOL) -> TensorState:
+                 init_scale: float = DEFAULT_INIT_SCALE, resolution: int = DEFAULT_RESOLUTION,
+                 snap_rtol: float = DEFAULT_SNAP_RTOL) -> TensorState:
         """State for EC2T: magnitudes from ``weight`` (leaf tensors to optimise), Δ fixed for export."""
         w_n, w_p = init_magnitudes(weight, init_scale)
-        qp, qp_density, step = ternary_step(w_n, w_p, snap_rtol=snap_rtol)
+        qp, qp_density, step = ternary_step(w_n, w_p, resolution, snap_rtol=snap_rtol)
         grid = ternary_grid(w_n, w_p, qp, qp_density, step)
         magnitudes = [torch.tensor(v, dtype=torch.float32, device=weight.device, requires_grad=True)
                       for v in (w_n, w_p)]
@@ -107,9 +124,7 @@ class TensorState:
 
     # training step ------------------------------------------------------------------------------------------
     def ternary_values(self) -> torch.Tensor:
-        """EC2T values (−w_n, 0, w_p) of the last :meth:`requantize` (clean: the snapped grid's values)."""
-        if self.mode == "faithful":
-            return ternary_values(self.w_n.item(), self.w_p.item(), None).to(self.w_n.device)
+        """EC2T values (−a·Δ, 0, b·Δ) of the last :meth:`requantize` (the snapped grid's, in both modes)."""
         return self.grid.values(self.w_n.device)
 
     def _refresh_ternary_grid(self, shadow: torch.Tensor) -> None:
@@ -117,13 +132,18 @@ class TensorState:
                                  self.grid.step, magnitude_floor(shadow))
 
     def requantize(self, shadow: torch.Tensor) -> torch.Tensor:
-        """Re-assign from the shadow weights; returns the quantized tensor (shadow's shape, dtype, device)."""
+        """Re-assign from the shadow weights; returns the quantized tensor (shadow's shape, dtype, device).
+
+        EC2T re-rounds the grid to the current magnitudes first; in the frozen phase it keeps the assignment
+        (``lam_layer`` is then 0: no entropy-constrained assignment ran).
+        """
         if self.method == "ec2t":
             self._refresh_ternary_grid(shadow)
-            values = self.ternary_values()
+            values = self.grid.values(shadow.device)
             if self.phase == "assign" or self.indices is None:
-                result = ec2t_assign(shadow, values, self.lam, self.decay, self.mode)
-                self._record(result)
+                self._record(ec2t_assign(shadow, values, self.lam, self.decay, self.mode))
+            else:
+                self.lam_layer, self.relevance_flips = 0.0, 0
             return frozen_values(self.indices, values).to(shadow.dtype)
         relevance = self.relevance if self.method == "ecqx" else None
         result = assign(shadow, self.grid, self.lam, self.decay, self.mode, relevance=relevance, p=self.p)
@@ -136,19 +156,28 @@ class TensorState:
         self.zero_fraction = result.zero_fraction
         self.relevance_flips = result.relevance_flips
 
-    def shadow_gradient(self, grad: torch.Tensor, quantized: torch.Tensor) -> torch.Tensor:
-        """Shadow-weight gradient; for EC2T also sets (accumulates) ``w_n.grad`` / ``w_p.grad``."""
+    def levels(self) -> torch.Tensor:
+        """Integer levels (int32) of the last :meth:`requantize`."""
+        if self.indices is None:
+            raise RuntimeError("no assignment yet: call requantize() first")
+        return levels_of_indices(self.indices, self.grid)
+
+    def shadow_gradient(self, grad: torch.Tensor, quantized: torch.Tensor) -> torch.Tensor | None:
+        """Shadow-weight gradient; for EC2T also sets (accumulates) ``w_n.grad`` / ``w_p.grad``.
+
+        ``None`` in EC2T's frozen phase: the shadow is not stepped there, only the magnitudes are.
+        """
         if self.method != "ec2t":
             return ste_gradient(grad, quantized, self.ste_scale)
         if self.indices is None:
             raise RuntimeError("call requantize() before shadow_gradient() for an EC2T state")
-        values = self.ternary_values()  # the magnitudes the forward pass used (snapped in clean mode)
-        shadow_grad, grad_n, grad_p = ec2t_gradients(grad, self.indices, -values[0].item(), values[2].item(),
-                                                     self.mode)
+        # the magnitudes the forward pass used: the snapped grid's a·Δ and b·Δ
+        a, b = -self.grid.levels[0] * self.grid.step, self.grid.levels[2] * self.grid.step
+        shadow_grad, grad_n, grad_p = ec2t_gradients(grad, self.indices, a, b, self.mode)
         for magnitude, g in ((self.w_n, grad_n), (self.w_p, grad_p)):
-            g = g.detach().to(magnitude.dtype)
-            magnitude.grad = g if magnitude.grad is None else magnitude.grad + g
-        return shadow_grad
+            g = g.detach().to(magnitude.dtype).reshape(magnitude.shape)
+            magnitude.grad = g.clone() if magnitude.grad is None else magnitude.grad + g
+        return None if self.phase == "frozen" else shadow_grad
 
     def clamp_magnitudes(self, shadow: torch.Tensor) -> None:
         """EC2T: w_n, w_p ≥ 0.675·std(shadow), in place (no-op for ECQ/ECQx)."""
@@ -177,13 +206,12 @@ class TensorState:
 
     # export and checkpointing -------------------------------------------------------------------------------
     def export(self) -> QuantizedTensor:
-        """The last assignment as a :class:`QuantizedTensor` (faithful mode: snapped now, change reported)."""
-        if self.indices is None:
-            raise RuntimeError("nothing to export: requantize() was never called")
-        if self.method != "ec2t":
-            return export_levels(levels_of_indices(self.indices, self.grid), self.grid)
-        trained = self.ternary_values()[self.indices]
-        return export_levels(levels_of_indices(self.indices, self.grid), self.grid, trained_values=trained)
+        """The last assignment as a :class:`QuantizedTensor`; ``dequantize()`` is the trained tensor exactly.
+
+        EC2T tensors always carry their codebook ``[−a, 0, b]``; uniform grids carry none.
+        """
+        codebook = self.grid.level_tensor() if self.method == "ec2t" else None
+        return QuantizedTensor(self.levels(), self.grid.qp, self.grid.qp_density, codebook=codebook)
 
     def state_dict(self) -> dict:
         """Plain tensors and Python scalars only (fits a Lightning checkpoint)."""

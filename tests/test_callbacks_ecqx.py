@@ -72,14 +72,14 @@ def test_running_relevance_drives_the_assignment():
         state = callback.tensor_states[name]
         expected = assign(
             callback.shadows[name],
-            state["grid"],
+            state.grid,
             0.3,
-            state["decay"],
+            state.decay,
             "clean",
             relevance=callback.relevances[name],
             p=0.2,
         )
-        assert torch.equal(callback.levels[name], levels_of(expected, state["grid"]))
+        assert torch.equal(callback.levels[name], levels_of(expected, state.grid))
         assert torch.equal(weights[name], callback.quantized_tensors()[name].dequantize())
     assert "quant/relevance_flips" in trainer.callback_metrics
 

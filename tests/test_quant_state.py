@@ -125,3 +125,53 @@ def test_bad_arguments():
         TensorState.for_ecq(w).freeze()
     with pytest.raises(RuntimeError, match="requantize"):
         TensorState.for_ecq(w).export()
+
+
+@pytest.mark.parametrize("mode", ["clean", "faithful"])
+@pytest.mark.parametrize("kind", ["ecq", "ecqx", "ec2t"])
+def test_trained_values_are_the_exported_values_in_both_modes(kind, mode):
+    # faithful mode keeps the reference's pmf/λ rules but never trains on an unsnapped step: what the model
+    # holds after every re-assignment is exactly what an NNC decoder reconstructs from export()
+    w = _weights()
+    if kind == "ec2t":
+        state = TensorState.for_ec2t(w, gamma=0.15, mode=mode)
+    else:
+        state = TensorState.for_ecq(w, bits=4, lam=0.05, mode=mode, relevance=kind == "ecqx")
+    assert state.grid.snapped
+    shadow = make_shadow(w)
+    for step in range(4):
+        quantized = _step(state, shadow, step)
+        exported = state.export()
+        assert torch.equal(exported.dequantize(), quantized), step
+        # float64 product of integer level and NNC step: the float32 values are exact grid points
+        assert torch.equal(quantized.double(), exported.levels.double() * exported.step), step
+        assert torch.equal(exported.levels, state.levels())
+        assert (exported.codebook is not None) == (kind == "ec2t")
+
+
+def test_faithful_grid_is_the_reference_step_snapped():
+    from ecqx.grid import snap_grid, uniform_grid
+
+    w = _weights()
+    reference = uniform_grid(w, 4, "faithful")
+    assert not reference.snapped  # the reference's raw step
+    state = TensorState.for_ecq(w, bits=4, mode="faithful")
+    assert state.grid == snap_grid(reference)
+    with pytest.raises(ValueError, match="not snapped to an NNC step"):
+        TensorState(method="ecq", mode="faithful", grid=reference, lam=0.05)
+
+
+def test_ec2t_frozen_phase_steps_only_the_magnitudes():
+    state = _new_state("ec2t")
+    shadow = make_shadow(_weights())
+    quantized = state.requantize(shadow)
+    upstream = torch.randn(shadow.shape, generator=torch.Generator().manual_seed(5))
+    assert state.shadow_gradient(upstream, quantized) is not None
+    state.w_n.grad = state.w_p.grad = None
+    state.freeze()
+    assert state.shadow_gradient(upstream, quantized) is None  # the shadow is not stepped when frozen
+    positive = state.indices == 2
+    assert state.w_p.grad.item() == pytest.approx(upstream[positive].sum().item(), rel=1e-5)
+    kept = state.indices.clone()
+    state.requantize(shadow + 0.5)
+    assert torch.equal(state.indices, kept) and state.lam_layer == 0.0
