@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 import torch
 
-from ecqx.coding.errors import BitstreamError
 from ecqx.coding.inspect_stream import format_table, inspect_stream
 from ecqx.coding.model import decode_state_dict
 
@@ -21,15 +21,17 @@ def main(argv: list[str] | None = None) -> int:
     p_decode = sub.add_parser("decode", help="decode an .nnc file to a state_dict .pt file")
     p_decode.add_argument("file", type=Path)
     p_decode.add_argument("-o", "--output", type=Path, required=True)
+    p_decode.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                          help="threads decoding tensors in parallel (default: the CPU count)")
     args = parser.parse_args(argv)
     try:
         data = args.file.read_bytes()
         if args.command == "inspect":
             print(format_table(inspect_stream(data)))
         else:
-            torch.save(decode_state_dict(data), args.output)
+            torch.save(decode_state_dict(data, workers=args.workers), args.output)
             print(f"wrote {args.output}")
-    except (OSError, BitstreamError) as exc:
+    except (OSError, ValueError) as exc:  # BitstreamError is a ValueError
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -173,11 +173,14 @@ def test_inspect_and_decode(lenet_file, tmp_path, capsys):
     table = capsys.readouterr().out
     for name in ("conv1.weight", "conv2.weight", "fc1.weight", "fc3.bias"):
         assert name in table
-    assert main(["decode", str(stream), "-o", str(tmp_path / "back.pt")]) == 0
+    assert main(["decode", str(stream), "-o", str(tmp_path / "back.pt"), "--workers", "2"]) == 0
     saved = torch.load(tmp_path / "back.pt")
     reference = decode_state_dict(stream.read_bytes())
     assert saved.keys() == reference.keys()
     assert all(torch.equal(saved[k], reference[k]) for k in saved)
+    serial = tmp_path / "serial.nnc"
+    assert main(["compress", str(lenet_file), "-o", str(serial), "--workers", "1"]) == 0
+    assert serial.read_bytes() == stream.read_bytes()  # the default uses every CPU: same bytes
 
 
 def test_file_command_errors_are_reported_not_raised(tmp_path, capsys):
@@ -189,6 +192,8 @@ def test_file_command_errors_are_reported_not_raised(tmp_path, capsys):
     torch.save(lenet5().state_dict(), tmp_path / "m.pt")
     assert main(["compress", str(tmp_path / "m.pt"), "--bits", "0"]) == 1
     assert "--bits must be a positive integer, got 0" in capsys.readouterr().err
+    assert main(["compress", str(tmp_path / "m.pt"), "--workers", "0"]) == 1
+    assert "workers must be an int >= 1" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:
         main(["compress", str(tmp_path / "m.pt"), "--method", "kmeans"])
     assert exit_info.value.code == 2

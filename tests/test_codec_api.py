@@ -212,6 +212,8 @@ def test_cli_inspect_and_decode(tmp_path, capsys):
     (tmp_path / "bad.nnc").write_bytes(b"\x00\x04\x02")
     assert main(["inspect", str(tmp_path / "bad.nnc")]) == 1
     assert "error:" in capsys.readouterr().err
+    assert main(["decode", str(path), "-o", str(tmp_path / "m2.pt"), "--workers", "0"]) == 1
+    assert "workers must be an int >= 1" in capsys.readouterr().err
 
 
 def _hand_stream(units):

@@ -136,6 +136,7 @@ def build_tool_parser() -> argparse.ArgumentParser:
     compress.add_argument(
         "--nonweight-qp", type=int, default=-75, help="qp of the non-quantized float tensors (default: -75)"
     )
+    _add_workers_option(compress)
 
     inspect = commands.add_parser("inspect", help="print the per-tensor table of an .nnc file")
     inspect.add_argument("file", help=".nnc file")
@@ -143,7 +144,15 @@ def build_tool_parser() -> argparse.ArgumentParser:
     decode = commands.add_parser("decode", help="decode an .nnc file into a state_dict file (torch.save)")
     decode.add_argument("file", help=".nnc file")
     decode.add_argument("-o", "--output", help="output file (default: FILE with suffix .pt)")
+    _add_workers_option(decode)
     return parser
+
+
+def _add_workers_option(parser: argparse.ArgumentParser) -> None:
+    default = os.cpu_count() or 1
+    parser.add_argument("--workers", type=int, default=default,
+                        help=f"threads coding tensors in parallel; the bytes do not depend on it "
+                             f"(default: the CPU count, {default})")
 
 
 def run_tool(argv: Sequence[str]) -> int:
@@ -177,7 +186,8 @@ def _compress(args: argparse.Namespace) -> None:
         raise ValueError(f"--lam must be a finite number >= 0, got {args.lam}.")
     state_dict = _load_state_dict(args.model)
     quantized = ecqx.quantize(state_dict, method=args.method, bits=args.bits, lam=args.lam, mode=args.mode)
-    data = encode_state_dict(state_dict, quantized=quantized, nonweight_qp=args.nonweight_qp)
+    data = encode_state_dict(state_dict, quantized=quantized, nonweight_qp=args.nonweight_qp,
+                             workers=args.workers)
     output = args.output or _replace_suffix(args.model, ".nnc")
     _write_bytes(output, data)
     float_bytes = sum(4 * t.numel() for t in state_dict.values() if t.is_floating_point())
@@ -199,7 +209,7 @@ def _inspect(args: argparse.Namespace) -> None:
 def _decode(args: argparse.Namespace) -> None:
     from ecqx.coding import decode_state_dict
 
-    state_dict = decode_state_dict(_read_bytes(args.file))
+    state_dict = decode_state_dict(_read_bytes(args.file), workers=args.workers)
     output = args.output or _replace_suffix(args.file, ".pt")
     torch.save(state_dict, output)
     print(f"{output}: {len(state_dict)} tensors")
