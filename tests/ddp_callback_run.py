@@ -42,7 +42,7 @@ def run(out_dir: Path, devices: int) -> dict:
     torch.set_num_threads(1)
     pl.seed_everything(SEED)
     module = tiny_module()
-    quantizer = ECQx(bits=4, lam=0.1, start_epoch=1)
+    quantizer = ECQx(bits=4, lam=0.1, start_epoch=1, relevance_every_n_steps=1)  # all-reduced every step
     export = NNCExport(out_dir / "model.nnc")
     trainer = pl.Trainer(
         max_epochs=2,

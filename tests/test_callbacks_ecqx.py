@@ -44,8 +44,19 @@ def test_refresh_every_n_steps_and_reset_each_epoch(recorded):
     assert recorded[0]["kwargs"]["backend"] == "zennit"
 
 
+def test_default_refreshes_every_10_steps_and_at_each_epoch_start(recorded):
+    # the default trades the reference's every-step LRP pass (2.6x the cost of an ECQ step on LeNet-5) for one
+    # pass per 10 steps (1.26x); see benchmarks/results/bench_relevance_t1.md
+    callback = ECQx(bits=4, lam=0.1)
+    module = tiny_module()
+    trainer = tiny_trainer([callback], max_epochs=2, limit_train_batches=12)
+    trainer.fit(module, synthetic_loader(n=12 * 32), synthetic_loader(n=64, seed=7))
+    # epoch 0: steps 1 (no running relevance yet) and 10; epoch 1 (reset): steps 13 and 20
+    assert len(recorded) == 4
+
+
 def test_running_average_weights_the_previous_value_with_alpha(recorded):
-    callback = ECQx(bits=4, lam=0.1, alpha=0.25)
+    callback = ECQx(bits=4, lam=0.1, alpha=0.25, relevance_every_n_steps=1)
     _fit(callback, batches=2)
     assert len(recorded) == 2
     for name in callback.targets:
@@ -54,18 +65,19 @@ def test_running_average_weights_the_previous_value_with_alpha(recorded):
 
 
 def test_relevances_on_the_current_batch_or_a_fixed_reference(recorded):
-    _fit(ECQx(bits=4, lam=0.1), batches=2)
+    _fit(ECQx(bits=4, lam=0.1, relevance_every_n_steps=1), batches=2)
     train_batches = [x for x, _ in synthetic_loader()]
     assert torch.equal(recorded[0]["inputs"], train_batches[0])
     assert torch.equal(recorded[1]["inputs"], train_batches[1])
     recorded.clear()
-    _fit(ECQx(bits=4, lam=0.1, relevance_source="val", relevance_batches=2), batches=2)
+    every_step = dict(relevance_every_n_steps=1)
+    _fit(ECQx(bits=4, lam=0.1, relevance_source="val", relevance_batches=2, **every_step), batches=2)
     val_batches = [x for x, _ in synthetic_loader(n=64, seed=7)]
     assert [torch.equal(c["inputs"], v) for c, v in zip(recorded, val_batches * 2, strict=True)] == [True] * 4
 
 
 def test_running_relevance_drives_the_assignment():
-    callback = ECQx(bits=4, lam=0.3, p=0.2)
+    callback = ECQx(bits=4, lam=0.3, p=0.2, relevance_every_n_steps=1)
     module, trainer = _fit(callback, batches=3)
     weights = params(module)
     for name in callback.targets:
