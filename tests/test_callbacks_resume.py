@@ -190,3 +190,27 @@ def test_resumable_loader_survives_lightnings_ddp_sampler_injection():
 def test_resumable_loader_rejects_a_malformed_state():
     with pytest.raises(ValueError, match=r"'batches' \(int >= 0\)"):
         resumable_loader().load_state_dict({"epoch": 1, "batches": -2})
+
+
+def test_data_modules_train_on_a_resumable_per_epoch_shuffle():
+    from ecqx.training.data import DigitsDataModule, ResumableDataLoader, SeededEpochSampler
+
+    module = DigitsDataModule(batch_size=64, seed=4)
+    train, val = module.train_dataloader(), module.val_dataloader()
+    assert isinstance(train, ResumableDataLoader) and isinstance(train.sampler, SeededEpochSampler)
+    assert train.sampler.shuffle and not val.sampler.shuffle
+    orders = {}
+    for epoch in (0, 1, 0):
+        train.sampler.set_epoch(epoch)
+        orders.setdefault(epoch, []).append(list(train.sampler))
+    assert orders[0][0] == orders[0][1] != orders[1][0]  # a function of (seed, epoch) only
+    assert sorted(orders[1][0]) == list(range(len(module.datasets["train"])))
+    train.sampler.set_epoch(5)
+    iterator = iter(train)
+    next(iterator)
+    state = train.state_dict()
+    rest = [batch[1] for batch in iterator]
+    again = module.train_dataloader()
+    again.load_state_dict(state)
+    again.sampler.set_epoch(5)
+    assert [batch[1].tolist() for batch in again] == [labels.tolist() for labels in rest]
