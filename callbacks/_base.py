@@ -175,6 +175,7 @@ class QuantizationCallback(Callback):
         self._swapped: set[str] = set()
         self._stepped = False
         self._pending_state: dict[str, Any] | None = None
+        self._started_epoch: int | None = None  # the epoch whose start logic ran last
 
     # ------------------------------------------------------------------ public API
     @property
@@ -224,8 +225,15 @@ class QuantizationCallback(Callback):
             self._pending_state = None
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.phase == PHASE_WARMUP and trainer.current_epoch >= self.start_epoch:
-            self._start_quantization(trainer, pl_module)
+        self._begin_epoch(trainer, pl_module)
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        # Lightning 2.6 does not call `on_train_epoch_start` for the epoch that follows a checkpoint written
+        # at the last batch of an epoch (it resumes "mid-epoch" and rolls over); catch that epoch here.
+        if self._started_epoch is not None and self._started_epoch != trainer.current_epoch:
+            self._begin_epoch(trainer, pl_module)
 
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
@@ -259,6 +267,7 @@ class QuantizationCallback(Callback):
             "method": self.method,
             "phase": self.phase,
             "optimizer_steps": self.optimizer_steps,
+            "started_epoch": self._started_epoch,
             "fp_metrics": dict(self.fp_metrics),
             "targets": list(self.targets),
             "tensors": tensors,
@@ -426,6 +435,8 @@ class QuantizationCallback(Callback):
             )
         self.phase = state["phase"]
         self.optimizer_steps = state["optimizer_steps"]
+        # None in checkpoints of earlier versions: then only `on_train_epoch_start` starts epochs, as before
+        self._started_epoch = state.get("started_epoch")
         self.fp_metrics = dict(state.get("fp_metrics", {}))
         params = self._parameters(pl_module)
         for name, entry in state["tensors"].items():
@@ -439,6 +450,15 @@ class QuantizationCallback(Callback):
     # ------------------------------------------------------------------ subclass interface
     def _build_tensor_state(self, name: str, weights: torch.Tensor, max_numel: int) -> TensorState:
         raise NotImplementedError
+
+    def _begin_epoch(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._started_epoch = trainer.current_epoch
+        self._on_epoch_begin(trainer, pl_module)
+
+    def _on_epoch_begin(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Once at the start of every training epoch (subclasses add per-epoch state changes)."""
+        if self.phase == PHASE_WARMUP and trainer.current_epoch >= self.start_epoch:
+            self._start_quantization(trainer, pl_module)
 
     def _after_shadow_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any) -> None:
         """Runs after the shadows took the optimizer step, before re-assignment (ECQx relevances, EC2T)."""

@@ -89,8 +89,8 @@ class EC2T(QuantizationCallback):
         self._centroid_optimizer: torch.optim.Optimizer | None = None
 
     # ---------------------------------------------------------------- phases
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        super().on_train_epoch_start(trainer, pl_module)
+    def _on_epoch_begin(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super()._on_epoch_begin(trainer, pl_module)
         if (
             self.phase == PHASE_QUANTIZE
             and self.freeze_epoch is not None

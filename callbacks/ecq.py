@@ -172,10 +172,10 @@ class ECQx(ECQ):
         """The running relevance of every tensor that has one this epoch, by name."""
         return {n: s.relevance for n, s in self.tensor_states.items() if s.relevance is not None}
 
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def _on_epoch_begin(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         for state in self.tensor_states.values():
             state.reset_relevance()  # the reference keeps the running relevance per epoch
-        super().on_train_epoch_start(trainer, pl_module)
+        super()._on_epoch_begin(trainer, pl_module)
 
     def _build_tensor_state(self, name: str, weights: torch.Tensor, max_numel: int) -> TensorState:
         return TensorState.for_ecq(

@@ -22,7 +22,10 @@ def synthetic_loader(n: int = 128, batch_size: int = 32, seed: int = 0) -> DataL
 
 
 class NoisyInputs(Dataset):
-    """Adds Gaussian noise drawn from the global RNG to every input: a stand-in for random augmentation."""
+    """Adds Gaussian noise to every input, a stand-in for random augmentation.
+
+    Drawn from the sample's own seed for a :class:`~ecqx.training.data.SeededIndex` (as ``ImageDataset``
+    does), else from the global RNG."""
 
     def __init__(self, dataset: Dataset, scale: float = 0.1):
         self.dataset, self.scale = dataset, scale
@@ -32,13 +35,20 @@ class NoisyInputs(Dataset):
 
     def __getitem__(self, index: int):
         x, y = self.dataset[index]
-        return x + self.scale * torch.randn(x.shape), y
+        seed = getattr(index, "seed", None)
+        generator = None if seed is None else torch.Generator().manual_seed(seed)
+        return x + self.scale * torch.randn(x.shape, generator=generator), y
 
 
-def resumable_loader(n: int = 128, batch_size: int = 32, seed: int = 0) -> ResumableDataLoader:
-    """:func:`synthetic_loader`'s problem with random input noise, shuffled per epoch, resumable mid-epoch."""
+def resumable_loader(
+    n: int = 128, batch_size: int = 32, seed: int = 0, seed_samples: bool = True
+) -> ResumableDataLoader:
+    """:func:`synthetic_loader`'s problem with random input noise, shuffled per epoch, resumable mid-epoch.
+
+    ``seed_samples=False``: the noise comes from the global RNG (like augmentation in a user's pipeline)."""
     dataset = NoisyInputs(synthetic_loader(n, batch_size, seed).dataset)
-    return ResumableDataLoader(dataset, batch_size=batch_size, sampler=SeededEpochSampler(n, seed=seed + 1))
+    sampler = SeededEpochSampler(n, seed=seed + 1, seed_samples=seed_samples)
+    return ResumableDataLoader(dataset, batch_size=batch_size, sampler=sampler)
 
 
 def tiny_module(seed: int = 0, hidden=(32, 32), **kwargs) -> ClassificationModule:

@@ -106,15 +106,18 @@ def test_resume_from_epoch_end_is_bit_identical(method, tmp_path):
 @pytest.mark.parametrize("method", sorted(FACTORIES))
 def test_resume_mid_epoch_is_bit_identical(method, tmp_path):
     # 4 batches per epoch; checkpoints after optimizer steps 5 (epoch 1, batch 0: first quantized epoch of
-    # ECQ/ECQx, EC2T's assignment phase) and 10 (epoch 2, batch 1: EC2T's frozen phase, ECQx between two
-    # relevance refreshes with a running relevance accumulated in this epoch); killed after step 12.
+    # ECQ/ECQx, EC2T's assignment phase), 10 (epoch 2, batch 1: EC2T's frozen phase, ECQx between two
+    # relevance refreshes with a running relevance accumulated in this epoch) and 8 (the last batch of epoch
+    # 1: Lightning then resumes into epoch 2 without calling `on_train_epoch_start`, yet ECQx must reset its
+    # running relevance there and EC2T must freeze); killed after step 12.
     full = _fit(tmp_path, "full", method, _resumable_loaders)
-    checkpoint = ModelCheckpoint(
-        dirpath=tmp_path / "ckpt", every_n_train_steps=5, save_top_k=-1, filename="{step}"
-    )
+    checkpoints = [
+        ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=n, save_top_k=-1, filename="{step}")
+        for n in (5, 8)
+    ]
     with pytest.raises(Crash):
-        _fit(tmp_path, "killed", method, _resumable_loaders, [checkpoint, KillAt(2, 3)])
-    for step, epoch, done in ((5, 1, 1), (10, 2, 2)):
+        _fit(tmp_path, "killed", method, _resumable_loaders, [*checkpoints, KillAt(2, 3)])
+    for step, epoch, done in ((5, 1, 1), (10, 2, 2), (8, 1, 4)):
         path = tmp_path / "ckpt" / f"step={step}.ckpt"
         saved = torch.load(path, weights_only=False)
         assert (saved["global_step"], saved["epoch"]) == (step, epoch)
@@ -187,6 +190,24 @@ def test_resumable_loader_survives_lightnings_ddp_sampler_injection():
         assert [batch[1].tolist() for batch in second] == labels[2:]
 
 
+def test_resumable_loader_replays_global_rng_augmentation_within_an_epoch():
+    # A pipeline drawing its augmentation from the global CPU generator (num_workers=0): the loader's state
+    # carries that generator's state, restored when the resumed iteration starts.
+    loader = resumable_loader(seed=3, seed_samples=False)
+    loader.sampler.set_epoch(1)
+    iterator = iter(loader)
+    next(iterator)
+    state = loader.state_dict()
+    rest = [batch[0] for batch in iterator]
+    torch.manual_seed(999)  # a resumed process starts from another random state
+    again = resumable_loader(seed=3, seed_samples=False)
+    again.load_state_dict(state)
+    again.sampler.set_epoch(1)
+    resumed = [batch[0] for batch in again]
+    assert len(resumed) == len(rest) == 3
+    assert all(torch.equal(a, b) for a, b in zip(resumed, rest, strict=True))
+
+
 def test_resumable_loader_rejects_a_malformed_state():
     with pytest.raises(ValueError, match=r"'batches' \(int >= 0\)"):
         resumable_loader().load_state_dict({"epoch": 1, "batches": -2})
@@ -214,3 +235,24 @@ def test_data_modules_train_on_a_resumable_per_epoch_shuffle():
     again.load_state_dict(state)
     again.sampler.set_epoch(5)
     assert [batch[1].tolist() for batch in again] == [labels.tolist() for labels in rest]
+
+
+def test_cifar_augmentation_is_seeded_per_sample_and_epoch(shared_dir):
+    # the random crop/flip of a training sample is a function of (data seed, epoch, index): the same after a
+    # resume whatever the global random state (and in worker processes), yet random across seeds
+    from ecqx.training.data import CIFAR10JPEGDataModule, SeededIndex
+
+    module = CIFAR10JPEGDataModule(str(shared_dir / "data" / "cifar10-jpeg"), limit=64, batch_size=16)
+    loader, train = module.train_dataloader(), module.datasets["train"]
+
+    def epoch_batches(epoch, global_seed):
+        torch.manual_seed(global_seed)
+        loader.sampler.set_epoch(epoch)
+        return [x for x, _ in loader]
+
+    first, again = epoch_batches(3, global_seed=1), epoch_batches(3, global_seed=2)
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+    index = next(iter(loader.sampler))
+    assert isinstance(index, SeededIndex) and torch.equal(train[index][0], first[0][0])
+    draws = [train[SeededIndex(int(index), seed)][0] for seed in range(8)]
+    assert any(not torch.equal(draws[0], d) for d in draws[1:])  # still random augmentation

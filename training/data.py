@@ -14,7 +14,9 @@ every split at a seeded random subset, for quick runs and tests.
 The training loaders are resumable mid-epoch (:class:`ResumableDataLoader` over a
 :class:`SeededEpochSampler`): the shuffle order is a function of ``(seed, epoch)`` only, never of the global
 random state, and Lightning saves the loader's position in the checkpoint, so a run resumed from a mid-epoch
-checkpoint sees exactly the batches the uninterrupted run would have seen.
+checkpoint sees exactly the batches the uninterrupted run would have seen. The random augmentation of a
+training sample (CIFAR crops/flips) draws from a seed that is a function of ``(seed, epoch, index)``
+(:class:`SeededIndex`), so it too is the same after a resume, with any number of worker processes.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ __all__ = [
     "read_idx_files",
     "ResumableDataLoader",
     "SeededEpochSampler",
+    "SeededIndex",
 ]
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
@@ -63,7 +66,13 @@ class ImageDataset(Dataset):
         return self.labels.shape[0]
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.transform(self.images[index]), self.labels[index]
+        seed = getattr(index, "seed", None)
+        if seed is None:
+            return self.transform(self.images[index]), self.labels[index]
+        # a SeededIndex: the random transform draws from its own seed, not from the global random state
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(seed)
+            return self.transform(self.images[index]), self.labels[index]
 
 
 class ClassificationDataModule(pl.LightningDataModule):
@@ -178,10 +187,27 @@ class ClassificationDataModule(pl.LightningDataModule):
         return ResumableDataLoader(
             self.datasets[split],
             batch_size=self.batch_size,
-            sampler=SeededEpochSampler(len(self.datasets[split]), seed=self.seed, shuffle=shuffle),
+            sampler=SeededEpochSampler(
+                len(self.datasets[split]), seed=self.seed, shuffle=shuffle, seed_samples=shuffle
+            ),
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
+
+
+class SeededIndex(int):
+    """A sample index carrying the seed of that sample's random augmentation in the current epoch.
+
+    Behaves as the plain ``int`` everywhere; :class:`ImageDataset` draws its random transform from ``seed``.
+    """
+
+    def __new__(cls, index: int, seed: int) -> SeededIndex:
+        obj = super().__new__(cls, index)
+        obj.seed = seed
+        return obj
+
+    def __reduce__(self):  # keep the seed when indices are pickled to worker processes
+        return (SeededIndex, (int(self), self.seed))
 
 
 class SeededEpochSampler(Sampler[int]):
@@ -195,12 +221,15 @@ class SeededEpochSampler(Sampler[int]):
         n: number of samples.
         seed: seed of the permutations; epoch ``e`` uses a generator seeded from ``(seed, e)``.
         shuffle: ``False`` gives ``0..n-1`` in every epoch.
+        seed_samples: yield :class:`SeededIndex` objects whose augmentation seed is a function of
+            ``(seed, epoch, index)``, so random augmentation is reproducible whatever the global random state,
+            the worker count, or where a run was resumed.
     """
 
-    def __init__(self, n: int, seed: int = 0, shuffle: bool = True):
+    def __init__(self, n: int, seed: int = 0, shuffle: bool = True, seed_samples: bool = False):
         _check_int("n", n, minimum=0)
         _check_int("seed", seed, minimum=0)
-        self.n, self.seed, self.shuffle = n, seed, bool(shuffle)
+        self.n, self.seed, self.shuffle, self.seed_samples = n, seed, bool(shuffle), bool(seed_samples)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -212,11 +241,13 @@ class SeededEpochSampler(Sampler[int]):
         return self.n
 
     def __iter__(self):
-        if not self.shuffle:
-            return iter(range(self.n))
-        # one generator per epoch: the order does not depend on how many epochs were iterated before
+        # one generator per epoch: neither order nor seeds depend on how many epochs were iterated before
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return iter(torch.randperm(self.n, generator=generator).tolist())
+        order = torch.randperm(self.n, generator=generator).tolist() if self.shuffle else range(self.n)
+        if not self.seed_samples:
+            return iter(order)
+        seeds = torch.randint(0, 2**62, (self.n,), generator=generator).tolist()
+        return iter([SeededIndex(i, seeds[i]) for i in order])
 
 
 class ResumableDataLoader(DataLoader):
@@ -228,10 +259,10 @@ class ResumableDataLoader(DataLoader):
     of batches already yielded in it and the CPU random state at that point; the resumed iteration rebuilds
     that epoch's batch order (the sampler must be deterministic per epoch, e.g. :class:`SeededEpochSampler` or
     ``DistributedSampler``), loads only the batches not yet seen and, with ``num_workers=0``, first restores
-    the CPU random state, so random augmentation drawn in the main process (and CPU dropout) repeats too.
-    Lightning itself restores no random state. With worker processes the augmentation of the resumed epoch
-    differs (worker seeds are drawn when an iterator starts). A plain ``DataLoader`` restarts the epoch from
-    its first batch.
+    the CPU random state, so augmentation that draws from the global generator in the main process (and CPU
+    dropout) repeats too within the epoch. Lightning itself restores no random state. The data modules here
+    need none of that: their augmentation is seeded per sample (:class:`SeededIndex`). A plain
+    ``DataLoader`` restarts the epoch from its first batch.
 
     Takes exactly the arguments of ``torch.utils.data.DataLoader``.
     """
