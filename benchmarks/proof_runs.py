@@ -147,6 +147,7 @@ def run_experiment(name: str, args: argparse.Namespace) -> dict:
     cli = build_cli(config_path)
     module, datamodule, trainer = cli.model, cli.datamodule, cli.trainer
     datamodule.setup("test")
+    # the starting model's accuracy (meaningful with pretrained weights; chance level for a scratch model)
     result = {"start_test": module.evaluate(datamodule.test_dataloader())} if baseline is None else {}
 
     start = time.perf_counter()
@@ -247,7 +248,8 @@ def _row(name: str, report: dict, results: dict[str, dict]) -> list[str]:
     schedule = f"{s['epochs']} ep, {s['optimizer']} lr {lr}, {s['lr_scheduler']}"
     wall = f"{r['fit_wall_s'] / 60:.1f}"
     if "decoded" not in r:
-        start = f" (start {100 * r['start_test']['acc']:.2f})" if r.get("start_test") else ""
+        pretrained = r.get("start_test") and s.get("pretrained")
+        start = f" (start {100 * r['start_test']['acc']:.2f})" if pretrained else ""
         fp_text = f"{100 * r['trained_test']['acc']:.2f}{start}"
         return [name, schedule, fp_text, "—", "—", "—", "—", "—", wall]
     d = r["decoded"]
@@ -284,7 +286,8 @@ def write_report(report: dict, results_dir: Path) -> None:
         f"Machine: {m['platform']}, {m['cpu']} ({m['logical_cpus']} logical CPUs), {report['threads']} torch "
         "thread(s)",
         f"Versions: Python {v['python']}, torch {v['torch']}, pytorch-lightning {v['pytorch-lightning']}, "
-        f"ecqx {v['ecqx']} (git {v['git_commit']}, imported from `{v['ecqx_file']}`), zennit {v['zennit']}",
+        f"ecqx {v['ecqx']} imported from `{v['ecqx_file']}` (repository HEAD when run: {v['git_commit']}), "
+        f"zennit {v['zennit']}",
         f"Schedule: `{json.dumps(report['schedule'])}`",
         "",
         markdown_table([row for row in summary_rows(everything) if row[0] == name]),
