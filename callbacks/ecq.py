@@ -81,7 +81,11 @@ class ECQ(QuantizationCallback):
             decay=size_decay(weights.numel(), max_numel),
             mode=self.mode,
             ste_scale=self.gradient_scale,
+            **self._relevance_options(),
         )
+
+    def _relevance_options(self) -> dict[str, Any]:
+        return {}  # ECQ: no relevances
 
     def _tensor_state_dict(self, name: str) -> dict[str, Any]:
         state = self.tensor_states[name]
@@ -177,18 +181,8 @@ class ECQx(ECQ):
             state.reset_relevance()  # the reference keeps the running relevance per epoch
         super()._on_epoch_begin(trainer, pl_module)
 
-    def _build_tensor_state(self, name: str, weights: torch.Tensor, max_numel: int) -> TensorState:
-        return TensorState.for_ecq(
-            weights,
-            bits=self.bits,
-            lam=self.lam,
-            decay=size_decay(weights.numel(), max_numel),
-            mode=self.mode,
-            relevance=True,
-            p=self.p,
-            ste_scale=self.gradient_scale,
-            relevance_alpha=self.alpha,
-        )
+    def _relevance_options(self) -> dict[str, Any]:
+        return {"relevance": True, "p": self.p, "relevance_alpha": self.alpha}
 
     def _after_shadow_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any) -> None:
         if self.relevances and self.optimizer_steps % self.relevance_every_n_steps:
