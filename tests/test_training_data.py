@@ -174,3 +174,21 @@ def test_bad_data_arguments_are_rejected(kwargs, message):
 def test_cifar_rejects_bad_normalisation():
     with pytest.raises(ValueError, match=r"`mean`/`std` need 3 values"):
         CIFAR10JPEGDataModule(mean=(0.5,), std=(0.5,))
+
+
+def test_only_random_augmentation_gets_per_sample_seeds(shared_dir):
+    from ecqx.training.data import SeededIndex
+
+    # digits has no random augmentation: its shuffled training indices are plain ints (no per-sample seeding)
+    digits = DigitsDataModule(batch_size=16)
+    digits.setup()
+    order = list(digits.train_dataloader().sampler)
+    assert sorted(order) == list(range(len(digits.datasets["train"])))
+    assert not any(isinstance(i, SeededIndex) for i in order)
+    root = str(shared_dir / "data" / "cifar10-jpeg")
+    augmented = CIFAR10JPEGDataModule(root, limit=64, batch_size=16)
+    augmented.setup()
+    assert all(isinstance(i, SeededIndex) for i in augmented.train_dataloader().sampler)
+    plain = CIFAR10JPEGDataModule(root, limit=64, batch_size=16, augment=False)
+    plain.setup()
+    assert not any(isinstance(i, SeededIndex) for i in plain.train_dataloader().sampler)

@@ -126,6 +126,10 @@ class ClassificationDataModule(pl.LightningDataModule):
         """Per-sample transform of training images (augmentation included)."""
         return self.eval_transform()
 
+    def random_augmentation(self) -> bool:
+        """Whether :meth:`train_transform` is random (then each training sample gets its own seed)."""
+        return False
+
     def eval_transform(self) -> Transform:
         """Per-sample transform of validation and test images."""
         raise NotImplementedError
@@ -188,7 +192,8 @@ class ClassificationDataModule(pl.LightningDataModule):
             self.datasets[split],
             batch_size=self.batch_size,
             sampler=SeededEpochSampler(
-                len(self.datasets[split]), seed=self.seed, shuffle=shuffle, seed_samples=shuffle
+                len(self.datasets[split]), seed=self.seed, shuffle=shuffle,
+                seed_samples=shuffle and self.random_augmentation(),
             ),
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
@@ -504,6 +509,9 @@ class CIFAR10JPEGDataModule(ClassificationDataModule):
             return _decode_jpegs(jpeg_bytes, offsets, indices.tolist())
 
         return labels, images_at
+
+    def random_augmentation(self) -> bool:
+        return self.augment
 
     def train_transform(self) -> Transform:
         if not self.augment:
