@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cfloat>
+#include <cstddef>
 #include <cmath>
 #include <limits>
 #include <utility>
@@ -64,8 +65,10 @@ const UpdateTables& update_tables() {
   return tables;
 }
 
+// p and s0 are int16 (|p| <= 3891, |s0| <= 123, spec §5.6) also so that context stores cannot alias the coder's
+// 32/64-bit state under type-based alias analysis: the compiler then keeps range/low/value in registers.
 struct Context {
-  int32_t p, s0;
+  int16_t p, s0;
   const int8_t* s0_next;    // row pair of UpdateTables::s0_next for this context's sh0, centred at s0 = 0
   const int16_t* s1_next;   // row pair of UpdateTables::s1_next for sh1, centred at s1 = 0
   int32_t eco;
@@ -75,13 +78,13 @@ struct Context {
     const UpdateTables& t = update_tables();
     s0_next = &t.s0_next[ep.sh0 - 4][0][128];
     s1_next = &t.s1_next[ep.sh1 - 4][0][2048];
-    p = ep.p;
-    s0 = ep.s0;
+    p = static_cast<int16_t>(ep.p);
+    s0 = static_cast<int16_t>(ep.s0);
     eco = e;
   }
   void reset() {
-    p = kEco[eco].p;
-    s0 = kEco[eco].s0;
+    p = static_cast<int16_t>(kEco[eco].p);
+    s0 = static_cast<int16_t>(kEco[eco].s0);
   }
   int mps() const { return p >= 0 ? 1 : 0; }
   uint32_t lps_range(uint32_t range) const {
@@ -91,7 +94,7 @@ struct Context {
   void update(int bin) {
     const int32_t s1 = p - 16 * s0;
     s0 = s0_next[bin * 256 + s0];
-    p = s1_next[bin * 4096 + s1] + 16 * s0;
+    p = static_cast<int16_t>(s1_next[bin * 4096 + s1] + 16 * s0);
   }
 };
 
@@ -533,17 +536,118 @@ int64_t decode_codebook_nonzero(ArithDecoder& dec, Context* ctx, const Layout& L
 }
 
 // ------------------------------------------------------------------------------------------ ecoIdx choice
-// Nine candidate context states per context, with accumulated bit estimates (spec §8.2). Bins are buffered
-// per context and replayed through the nine parameter sets at once: nine independent dependency chains with
-// compile-time shifts, kept in registers.
-// One candidate's update for bin b: s0_row/s1_row are that bin's transition rows for the candidate's shifts,
-// est_row the bit estimates of bin b (stride 2).
-inline void candidate_update(const int8_t* s0_row, const int16_t* s1_row, const uint32_t* est_row, int32_t& s0,
-                             int32_t& s1, uint32_t& acc) {
-  const int32_t p = s1 + 16 * s0;
-  acc += est_row[2 * (p >> 3)];
-  s0 = s0_row[s0];
-  s1 = s1_row[s1];
+// The pseudo-coding pass of spec §8.2: every context-coded bin of the tensor is replayed through nine candidate
+// states per context (one per ecoIdx), summing bit estimates. It dominates encode time, so it is organised for
+// throughput:
+// * binarization is columnar: positions are gathered in chunks, then every context's bins of the chunk are
+//   produced as one contiguous run (significance and sign bins by scatter, greater-than and remainder-prefix
+//   bins level by level over the shrinking list of magnitudes that reach the level) and replayed at once;
+// * candidates with the same shifts whose states have become equal stay equal for good: each run replays
+//   only one representative per group of equal states (ecoIdx 4, 5, 6 coincide for ~98 % of the bins of
+//   typical tensors, 0, 1, 2 often) and credits its sum to every member;
+// * candidates 3 and 7 share their slow part (same shift and initial value) and candidate 7's fast part never
+//   leaves 0 (shift 7 rounds every step at 0 to nothing), so candidate 7 costs one load per bin;
+// * the replay keeps states in registers, addresses all tables through one per-bin-value block, and spends
+//   three loads and three ALU operations per candidate and bin.
+
+// Tables of the candidate replay for one bin value; every lookup is [block + scaled index + constant offset].
+// Fast parts are held as 2·s0 (the byte offset of s0 in an int16 row), slow parts as s1. A power-of-two block
+// size makes the block address one shift of the bin.
+struct alignas(32768) ReplayBlock {
+  uint32_t est[1024];        // est[512 + (p >> 3)]: bit estimate of this bin value (Appendix B)
+  int16_t s0_next[4][256];   // [sh0 - 4][s0 + 128] -> 2 · next s0
+  int16_t s1_next[3][4096];  // [sh1 - 4][s1 + 2048] -> next s1
+};
+static_assert(sizeof(ReplayBlock) == 32768, "replay block must be a power of two in size");
+
+struct ReplayTables {
+  ReplayBlock block[2];
+  ReplayTables() {
+    const UpdateTables& t = update_tables();
+    for (int b = 0; b < 2; ++b) {
+      for (int i = 0; i < 1024; ++i) block[b].est[i] = kBitEstimate[i][b];
+      for (int sh = 0; sh < 4; ++sh)
+        for (int v = 0; v < 256; ++v) block[b].s0_next[sh][v] = static_cast<int16_t>(2 * t.s0_next[sh][b][v]);
+      for (int sh = 0; sh < 3; ++sh)
+        for (int v = 0; v < 4096; ++v) block[b].s1_next[sh][v] = t.s1_next[sh][b][v];
+    }
+  }
+};
+
+const ReplayTables& replay_tables() {
+  static const ReplayTables tables;
+  return tables;
+}
+
+constexpr intptr_t kEstAt = offsetof(ReplayBlock, est) + 512 * sizeof(uint32_t);
+constexpr intptr_t s0_at(int sh0) { return offsetof(ReplayBlock, s0_next) + (sh0 - 4) * 512 + 128 * 2; }
+constexpr intptr_t s1_at(int sh1) { return offsetof(ReplayBlock, s1_next) + (sh1 - 4) * 8192 + 2048 * 2; }
+
+template <class T>
+inline T table_at(const char* block, intptr_t byte_offset) {
+  return *reinterpret_cast<const T*>(block + byte_offset);
+}
+
+// One candidate's bit estimate and update for the bin whose table block is `block` (f = 2·s0, s = s1); E
+// names an ecoIdx with the candidate's shifts.
+template <int E>
+inline void candidate_step(const char* block, intptr_t& f, intptr_t& s, uint32_t& acc) {
+  acc += table_at<uint32_t>(block, kEstAt + 4 * ((s >> 3) + f));  // (s1 + 16·s0) >> 3 == (s1 >> 3) + 2·s0
+  f = table_at<int16_t>(block, s0_at(kEco[E].sh0) + f);
+  s = table_at<int16_t>(block, s1_at(kEco[E].sh1) + 2 * s);
+}
+
+inline const char* block_of(const char* blocks, uint8_t bin) {
+  return blocks + (static_cast<intptr_t>(bin) << 15);
+}
+
+constexpr bool same_shifts(int a, int b) { return kEco[a].sh0 == kEco[b].sh0 && kEco[a].sh1 == kEco[b].sh1; }
+static_assert(same_shifts(0, 1) && same_shifts(0, 2) && same_shifts(4, 5) && same_shifts(4, 6),
+              "groups 0-2 and 4-6 must share their shifts");
+static_assert(kEco[3].sh1 == kEco[7].sh1 && kEco[3].p == 0 && kEco[3].s0 == 0 && kEco[7].p == 0 &&
+                  kEco[7].s0 == 0 && (kCurve[16] >> kEco[7].sh0) == 0,
+              "the candidate 3/7 sharing assumes equal slow parts and a fast part of 7 fixed at 0");
+
+// Partial sums stay in 32 bits: a run holds at most kMaxRun bins of at most 2^18 each.
+constexpr int64_t kMaxRun = 4096;
+static_assert(kMaxRun * 262144 <= int64_t(UINT32_MAX), "replay partial sums must fit 32 bits");
+
+// K distinct states of group 0-2, plus candidates 3 and 7.
+template <int K>
+void replay_group0_with_3_7(const char* blocks, const uint8_t* bins, int64_t n, intptr_t (&f)[3],
+                            intptr_t (&g)[3], uint32_t (&c)[3], intptr_t& f3, intptr_t& g3, uint32_t& c3,
+                            uint32_t& c7) {
+  intptr_t lf[K], lg[K];
+  uint32_t lc[K] = {};
+  for (int k = 0; k < K; ++k) lf[k] = f[k], lg[k] = g[k];
+  intptr_t a3 = f3, b3 = g3;
+  uint32_t d3 = 0, d7 = 0;
+  for (const uint8_t* it = bins; it != bins + n; ++it) {
+    const char* block = block_of(blocks, *it);
+    d7 += table_at<uint32_t>(block, kEstAt + 4 * (b3 >> 3));
+    candidate_step<3>(block, a3, b3, d3);
+    for (int k = 0; k < K; ++k) candidate_step<0>(block, lf[k], lg[k], lc[k]);
+  }
+  for (int k = 0; k < K; ++k) f[k] = lf[k], g[k] = lg[k], c[k] = lc[k];
+  f3 = a3, g3 = b3, c3 = d3, c7 = d7;
+}
+
+// M distinct states of group 4-6, plus candidate 8.
+template <int M>
+void replay_group4_with_8(const char* blocks, const uint8_t* bins, int64_t n, intptr_t (&f)[3], intptr_t (&g)[3],
+                          uint32_t (&c)[3], intptr_t& f8, intptr_t& g8, uint32_t& c8) {
+  intptr_t lf[M], lg[M];
+  uint32_t lc[M] = {};
+  for (int k = 0; k < M; ++k) lf[k] = f[k], lg[k] = g[k];
+  intptr_t a8 = f8, b8 = g8;
+  uint32_t d8 = 0;
+  for (const uint8_t* it = bins; it != bins + n; ++it) {
+    const char* block = block_of(blocks, *it);
+    candidate_step<8>(block, a8, b8, d8);
+    for (int k = 0; k < M; ++k) candidate_step<4>(block, lf[k], lg[k], lc[k]);
+  }
+  for (int k = 0; k < M; ++k) f[k] = lf[k], g[k] = lg[k], c[k] = lc[k];
+  f8 = a8, g8 = b8, c8 = d8;
 }
 
 struct CandidateStates {
@@ -557,60 +661,99 @@ struct CandidateStates {
     }
   }
 
-  // Replays buffered bins through three candidates at a time (few live values: they stay in registers).
-  // 32-bit partial sums cannot overflow: a buffer holds at most 512 bins of at most ~2^18 each.
-  template <int E0, int E1, int E2>
-  void replay_group(const UpdateTables& t, const uint8_t* bins, int n) {
-    int32_t a0 = s0[E0], b0 = s1[E0], a1 = s0[E1], b1 = s1[E1], a2 = s0[E2], b2 = s1[E2];
-    uint32_t c0 = 0, c1 = 0, c2 = 0;
-    for (int i = 0; i < n; ++i) {
-      const int b = bins[i];
-      const uint32_t* est = &kBitEstimate[512][b];
-      candidate_update(&t.s0_next[kEco[E0].sh0 - 4][b][128], &t.s1_next[kEco[E0].sh1 - 4][b][2048], est, a0, b0, c0);
-      candidate_update(&t.s0_next[kEco[E1].sh0 - 4][b][128], &t.s1_next[kEco[E1].sh1 - 4][b][2048], est, a1, b1, c1);
-      candidate_update(&t.s0_next[kEco[E2].sh0 - 4][b][128], &t.s1_next[kEco[E2].sh1 - 4][b][2048], est, a2, b2, c2);
+  // Feeds a context's next n bins (n <= kMaxRun) through all nine candidates.
+  void replay(const uint8_t* bins, int64_t n) {
+    if (n == 0) return;
+    const char* blocks = reinterpret_cast<const char*>(replay_tables().block);
+    Group g0(*this, 0), g4(*this, 4);
+    intptr_t f3 = 2 * s0[3], s3 = s1[3], f8 = 2 * s0[8], s8 = s1[8];
+    uint32_t c3, c7, c8;
+    switch (g0.distinct) {
+      case 1: replay_group0_with_3_7<1>(blocks, bins, n, g0.f, g0.s, g0.c, f3, s3, c3, c7); break;
+      case 2: replay_group0_with_3_7<2>(blocks, bins, n, g0.f, g0.s, g0.c, f3, s3, c3, c7); break;
+      default: replay_group0_with_3_7<3>(blocks, bins, n, g0.f, g0.s, g0.c, f3, s3, c3, c7); break;
     }
-    s0[E0] = a0, s1[E0] = b0, acc[E0] += c0;
-    s0[E1] = a1, s1[E1] = b1, acc[E1] += c1;
-    s0[E2] = a2, s1[E2] = b2, acc[E2] += c2;
+    switch (g4.distinct) {
+      case 1: replay_group4_with_8<1>(blocks, bins, n, g4.f, g4.s, g4.c, f8, s8, c8); break;
+      case 2: replay_group4_with_8<2>(blocks, bins, n, g4.f, g4.s, g4.c, f8, s8, c8); break;
+      default: replay_group4_with_8<3>(blocks, bins, n, g4.f, g4.s, g4.c, f8, s8, c8); break;
+    }
+    g0.store(*this);
+    g4.store(*this);
+    s0[3] = static_cast<int32_t>(f3 / 2), s1[3] = static_cast<int32_t>(s3), acc[3] += c3;
+    s0[7] = 0, s1[7] = static_cast<int32_t>(s3), acc[7] += c7;
+    s0[8] = static_cast<int32_t>(f8 / 2), s1[8] = static_cast<int32_t>(s8), acc[8] += c8;
   }
 
-  void replay(const uint8_t* bins, int n) {
-    const UpdateTables& t = update_tables();
-    replay_group<0, 1, 2>(t, bins, n);
-    replay_group<3, 4, 5>(t, bins, n);
-    replay_group<6, 7, 8>(t, bins, n);
-  }
+ private:
+  // Candidates first, first + 1, first + 2 (same shifts) folded into classes of equal state.
+  struct Group {
+    int first, distinct = 0;
+    int cls[3];
+    intptr_t f[3], s[3];
+    uint32_t c[3];
+
+    Group(const CandidateStates& st, int first_ecoidx) : first(first_ecoidx) {
+      for (int i = 0; i < 3; ++i) {
+        const int e = first + i;
+        int k = 0;
+        while (k < distinct && !(f[k] == 2 * st.s0[e] && s[k] == st.s1[e])) ++k;
+        if (k == distinct) {
+          f[k] = 2 * st.s0[e];
+          s[k] = st.s1[e];
+          ++distinct;
+        }
+        cls[i] = k;
+      }
+    }
+    void store(CandidateStates& st) const {
+      for (int i = 0; i < 3; ++i) {
+        const int e = first + i, k = cls[i];
+        st.s0[e] = static_cast<int32_t>(f[k] / 2);
+        st.s1[e] = static_cast<int32_t>(s[k]);
+        st.acc[e] += c[k];
+      }
+    }
+  };
 };
+
+// A bin value in a per-context run. An enum rather than uint8_t so that stores into runs do not alias the
+// fill counters (character types alias everything and would force reloads on the hot path).
+enum class RunBin : uint8_t {};
 
 class ParamOptimizer {
  public:
-  static constexpr int kBuffer = 512;
+  static constexpr int kChunk = static_cast<int>(kMaxRun);  // positions per chunk: at most one bin per context each
 
-  explicit ParamOptimizer(int num_contexts)
-      : states_(num_contexts), buffer_(static_cast<size_t>(num_contexts) * kBuffer), fill_(num_contexts, 0) {
+  explicit ParamOptimizer(const Layout& L)
+      : L_(L), states_(L.size), sig_(static_cast<size_t>(kSigContexts) * kChunk), sign_(3 * kChunk),
+        magnitudes_(kChunk), level_bins_(2 * kChunk) {
     for (CandidateStates& c : states_) {
       c.reset_states();
       std::fill(c.acc, c.acc + kNumEco, 0);
     }
   }
 
-  void bin(int ctx, int b) {
-    uint8_t* buf = &buffer_[static_cast<size_t>(ctx) * kBuffer];
-    buf[fill_[ctx]++] = static_cast<uint8_t>(b);
-    if (fill_[ctx] == kBuffer) flush(ctx);
+  // One coded position: its stored value v, significance context 3·state + nbClass and neighbour class.
+  void add(int64_t v, int sig_ctx, int nbc) {
+    sig_[static_cast<size_t>(sig_ctx) * kChunk + sig_fill_[sig_ctx]++] = static_cast<RunBin>(v != 0);
+    if (v != 0) {
+      const uint64_t neg = v < 0;
+      sign_[static_cast<size_t>(nbc) * kChunk + sign_fill_[nbc]++] = static_cast<RunBin>(neg);
+      magnitudes_[num_magnitudes_++] = (static_cast<uint64_t>(neg ? -v : v) << 1) | neg;
+    }
+    if (++positions_ == kChunk) process_chunk();
   }
 
   // Block-row boundary: candidate states restart, accumulators are kept.
   void reset_states() {
-    for (size_t c = 0; c < states_.size(); ++c) {
-      flush(static_cast<int>(c));
-      states_[c].reset_states();
-    }
+    process_chunk();
+    for (CandidateStates& c : states_) c.reset_states();
   }
 
+  // The chosen ecoIdx of a context; call after the last position.
   int best(int ctx) {
-    flush(ctx);
+    process_chunk();
     const uint64_t* acc = states_[ctx].acc;
     int best = 0;
     uint64_t cost = acc[0];
@@ -624,53 +767,87 @@ class ParamOptimizer {
     return best;
   }
 
-  // Context-coded bins of value v as the plain binarization (§7.1) would produce them.
-  void level(const Layout& L, int64_t v, int state, int nbc) {
-    bin(3 * state + nbc, v != 0);
-    if (v == 0) return;
-    const int neg = v < 0;
-    bin(Layout::kSign + nbc, neg);
-    const int64_t a = neg ? -v : v;
-    for (int j = 0; j < L.num_gtx; ++j) {
-      const int gt = a > j + 1;
-      bin(Layout::kGtx + 2 * j + neg, gt);
-      if (!gt) return;
-    }
-    const int64_t r = a - L.num_gtx - 1;
-    if (r == 0) {
-      bin(L.rem, 0);
-      return;
-    }
-    bin(L.rem, 1);
-    int64_t base = 1;
-    int t = 1;
-    while (r >= base + (int64_t(1) << t)) {
-      bin(L.rem + t, 1);
-      base += int64_t(1) << t;
-      ++t;
-    }
-    bin(L.rem + t, 0);
-  }
-
  private:
-  void flush(int ctx) {
-    if (fill_[ctx] == 0) return;
-    states_[ctx].replay(&buffer_[static_cast<size_t>(ctx) * kBuffer], fill_[ctx]);
-    fill_[ctx] = 0;
+  static constexpr int kSigContexts = 24;
+
+  void replay(int ctx, const RunBin* bins, int64_t n) {
+    states_[ctx].replay(reinterpret_cast<const uint8_t*>(bins), n);
   }
 
+  void process_chunk() {
+    for (int c = 0; c < kSigContexts; ++c) {
+      replay(c, &sig_[static_cast<size_t>(c) * kChunk], sig_fill_[c]);
+      sig_fill_[c] = 0;
+    }
+    for (int c = 0; c < 3; ++c) {
+      replay(Layout::kSign + c, &sign_[static_cast<size_t>(c) * kChunk], sign_fill_[c]);
+      sign_fill_[c] = 0;
+    }
+    replay_magnitude_levels();
+    positions_ = 0;
+  }
+
+  // Greater-than flags and remainder prefix (spec §7.1) level by level. Entries are 2·|v| + (v < 0). Level j
+  // < N (flag j, context by sign) is coded for |v| >= j + 1 with bin |v| >= j + 2; remainder prefix bin t
+  // (one context for both signs) for |v| >= N + 2^t with bin |v| >= N + 2^(t+1). Survivors keep scan order.
+  void replay_magnitude_levels() {
+    int64_t n = num_magnitudes_;
+    uint64_t* m = magnitudes_.data();
+    RunBin* pos_bins = level_bins_.data();
+    RunBin* neg_bins = pos_bins + kChunk;
+    const int N = L_.num_gtx;
+    for (int j = 0; j < N && n > 0; ++j) {
+      const uint64_t limit = 2 * static_cast<uint64_t>(j + 2);
+      int64_t kept = 0, npos = 0, nneg = 0;
+      for (int64_t i = 0; i < n; ++i) {
+        const uint64_t x = m[i];
+        const uint64_t bin = x >= limit, neg = x & 1;
+        pos_bins[npos] = static_cast<RunBin>(bin);
+        neg_bins[nneg] = static_cast<RunBin>(bin);
+        npos += 1 - neg;
+        nneg += neg;
+        m[kept] = x;
+        kept += bin;
+      }
+      replay(Layout::kGtx + 2 * j, pos_bins, npos);
+      replay(Layout::kGtx + 2 * j + 1, neg_bins, nneg);
+      n = kept;
+    }
+    for (int t = 0; n > 0; ++t) {
+      const uint64_t limit = 2 * (static_cast<uint64_t>(N) + (uint64_t(1) << (t + 1)));
+      int64_t kept = 0;
+      for (int64_t i = 0; i < n; ++i) {
+        const uint64_t x = m[i];
+        const uint64_t bin = x >= limit;
+        pos_bins[i] = static_cast<RunBin>(bin);
+        m[kept] = x;
+        kept += bin;
+      }
+      replay(L_.rem + t, pos_bins, n);
+      n = kept;
+    }
+    num_magnitudes_ = 0;
+  }
+
+  const Layout& L_;
   std::vector<CandidateStates> states_;
-  std::vector<uint8_t> buffer_;
-  std::vector<int> fill_;
+  std::vector<RunBin> sig_, sign_;
+  std::vector<uint64_t> magnitudes_;
+  std::vector<RunBin> level_bins_;
+  int64_t sig_fill_[kSigContexts] = {};
+  int64_t sign_fill_[3] = {};
+  int64_t num_magnitudes_ = 0;
+  int positions_ = 0;
 };
 
 std::vector<int> choose_eco(const int32_t* levels, const LayerParams& p, const Geometry& g, const Layout& L,
                             const uint8_t* zero_rows, const std::vector<EcoEntry>& list) {
-  ParamOptimizer opt(L.size);
+  ParamOptimizer opt(L);
   int64_t nb = 0;
   auto visit = [&](int64_t pos, int state) {
     const int64_t v = levels[pos];
-    opt.level(L, v, state, neighbour_class(nb));
+    const int nbc = neighbour_class(nb);
+    opt.add(v, 3 * state + nbc, nbc);
     nb = v;
     if (!p.dq) return state;
     return static_cast<int>(kTrans[state][dq_level_from_index(v, state) & 1]);
