@@ -65,10 +65,8 @@ const UpdateTables& update_tables() {
   return tables;
 }
 
-// p and s0 are int16 (|p| <= 3891, |s0| <= 123, spec §5.6) also so that context stores cannot alias the coder's
-// 32/64-bit state under type-based alias analysis: the compiler then keeps range/low/value in registers.
 struct Context {
-  int16_t p, s0;
+  int32_t p, s0;
   const int8_t* s0_next;    // row pair of UpdateTables::s0_next for this context's sh0, centred at s0 = 0
   const int16_t* s1_next;   // row pair of UpdateTables::s1_next for sh1, centred at s1 = 0
   int32_t eco;
@@ -78,13 +76,13 @@ struct Context {
     const UpdateTables& t = update_tables();
     s0_next = &t.s0_next[ep.sh0 - 4][0][128];
     s1_next = &t.s1_next[ep.sh1 - 4][0][2048];
-    p = static_cast<int16_t>(ep.p);
-    s0 = static_cast<int16_t>(ep.s0);
+    p = ep.p;
+    s0 = ep.s0;
     eco = e;
   }
   void reset() {
-    p = static_cast<int16_t>(kEco[eco].p);
-    s0 = static_cast<int16_t>(kEco[eco].s0);
+    p = kEco[eco].p;
+    s0 = kEco[eco].s0;
   }
   int mps() const { return p >= 0 ? 1 : 0; }
   uint32_t lps_range(uint32_t range) const {
@@ -94,7 +92,7 @@ struct Context {
   void update(int bin) {
     const int32_t s1 = p - 16 * s0;
     s0 = s0_next[bin * 256 + s0];
-    p = static_cast<int16_t>(s1_next[bin * 4096 + s1] + 16 * s0);
+    p = s1_next[bin * 4096 + s1] + 16 * s0;
   }
 };
 
@@ -727,7 +725,8 @@ class ParamOptimizer {
 
   explicit ParamOptimizer(const Layout& L)
       : L_(L), states_(L.size), sig_(static_cast<size_t>(kSigContexts) * kChunk), sign_(3 * kChunk),
-        magnitudes_(kChunk), level_bins_(2 * kChunk) {
+        magnitudes_{std::vector<uint32_t>(kChunk), std::vector<uint32_t>(kChunk)}, remainders_(kChunk),
+        level_bins_(kChunk) {
     for (CandidateStates& c : states_) {
       c.reset_states();
       std::fill(c.acc, c.acc + kNumEco, 0);
@@ -738,9 +737,12 @@ class ParamOptimizer {
   void add(int64_t v, int sig_ctx, int nbc) {
     sig_[static_cast<size_t>(sig_ctx) * kChunk + sig_fill_[sig_ctx]++] = static_cast<RunBin>(v != 0);
     if (v != 0) {
-      const uint64_t neg = v < 0;
+      const int neg = v < 0;
+      const uint32_t a = static_cast<uint32_t>(neg ? -v : v);  // <= 2^31
       sign_[static_cast<size_t>(nbc) * kChunk + sign_fill_[nbc]++] = static_cast<RunBin>(neg);
-      magnitudes_[num_magnitudes_++] = (static_cast<uint64_t>(neg ? -v : v) << 1) | neg;
+      magnitudes_[neg][num_magnitudes_[neg]++] = a;
+      remainders_[num_remainders_] = a;  // kept only if a remainder follows the flags (branch-free)
+      num_remainders_ += a > static_cast<uint32_t>(L_.num_gtx);
     }
     if (++positions_ == kChunk) process_chunk();
   }
@@ -787,56 +789,54 @@ class ParamOptimizer {
     positions_ = 0;
   }
 
-  // Greater-than flags and remainder prefix (spec §7.1) level by level. Entries are 2·|v| + (v < 0). Level j
-  // < N (flag j, context by sign) is coded for |v| >= j + 1 with bin |v| >= j + 2; remainder prefix bin t
-  // (one context for both signs) for |v| >= N + 2^t with bin |v| >= N + 2^(t+1). Survivors keep scan order.
+  // Greater-than flags and remainder prefix (spec §7.1) level by level, over magnitudes a = |v| in scan order.
+  // Flag j < N (context by sign) is coded for a >= j + 1 with bin a >= j + 2; remainder prefix bin t (one
+  // context for both signs) for a >= N + 2^t with bin a >= N + 2^(t+1).
   void replay_magnitude_levels() {
-    int64_t n = num_magnitudes_;
-    uint64_t* m = magnitudes_.data();
-    RunBin* pos_bins = level_bins_.data();
-    RunBin* neg_bins = pos_bins + kChunk;
     const int N = L_.num_gtx;
-    for (int j = 0; j < N && n > 0; ++j) {
-      const uint64_t limit = 2 * static_cast<uint64_t>(j + 2);
-      int64_t kept = 0, npos = 0, nneg = 0;
-      for (int64_t i = 0; i < n; ++i) {
-        const uint64_t x = m[i];
-        const uint64_t bin = x >= limit, neg = x & 1;
-        pos_bins[npos] = static_cast<RunBin>(bin);
-        neg_bins[nneg] = static_cast<RunBin>(bin);
-        npos += 1 - neg;
-        nneg += neg;
-        m[kept] = x;
-        kept += bin;
+    for (int neg = 0; neg < 2; ++neg) {
+      int64_t n = num_magnitudes_[neg];
+      for (int j = 0; j < N && n > 0; ++j) {
+        n = compact_level(magnitudes_[neg].data(), n, static_cast<uint64_t>(j) + 2);
+        replay(Layout::kGtx + 2 * j + neg, level_bins_.data(), last_run_);
       }
-      replay(Layout::kGtx + 2 * j, pos_bins, npos);
-      replay(Layout::kGtx + 2 * j + 1, neg_bins, nneg);
-      n = kept;
+      num_magnitudes_[neg] = 0;
     }
+    int64_t n = num_remainders_;
     for (int t = 0; n > 0; ++t) {
-      const uint64_t limit = 2 * (static_cast<uint64_t>(N) + (uint64_t(1) << (t + 1)));
-      int64_t kept = 0;
-      for (int64_t i = 0; i < n; ++i) {
-        const uint64_t x = m[i];
-        const uint64_t bin = x >= limit;
-        pos_bins[i] = static_cast<RunBin>(bin);
-        m[kept] = x;
-        kept += bin;
-      }
-      replay(L_.rem + t, pos_bins, n);
-      n = kept;
+      n = compact_level(remainders_.data(), n, static_cast<uint64_t>(N) + (uint64_t(1) << (t + 1)));
+      replay(L_.rem + t, level_bins_.data(), last_run_);
     }
-    num_magnitudes_ = 0;
+    num_remainders_ = 0;
+  }
+
+  // Writes the bins a >= limit of the n magnitudes to level_bins_ and keeps those magnitudes (in order);
+  // returns how many were kept.
+  int64_t compact_level(uint32_t* m, int64_t n, uint64_t limit) {
+    RunBin* bins = level_bins_.data();
+    int64_t kept = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      const uint32_t a = m[i];
+      const int bin = a >= limit;
+      bins[i] = static_cast<RunBin>(bin);
+      m[kept] = a;
+      kept += bin;
+    }
+    last_run_ = n;
+    return kept;
   }
 
   const Layout& L_;
   std::vector<CandidateStates> states_;
   std::vector<RunBin> sig_, sign_;
-  std::vector<uint64_t> magnitudes_;
+  std::vector<uint32_t> magnitudes_[2];  // nonzero magnitudes of the chunk by sign (v > 0, v < 0)
+  std::vector<uint32_t> remainders_;     // magnitudes above N, both signs
   std::vector<RunBin> level_bins_;
   int64_t sig_fill_[kSigContexts] = {};
   int64_t sign_fill_[3] = {};
-  int64_t num_magnitudes_ = 0;
+  int64_t num_magnitudes_[2] = {};
+  int64_t num_remainders_ = 0;
+  int64_t last_run_ = 0;
   int positions_ = 0;
 };
 
