@@ -172,3 +172,44 @@ def test_dq_row_skip_block_scan_follows_layer_width_rule(reference_model):
     model = reference_model.read_stream(data)["w"]["levels"]
     assert np.array_equal(ours, model)
     assert not np.array_equal(ours, q.levels.numpy())  # the quirk is really exercised
+
+
+# The encoder derives entry points (spec §9.4) from its own register at each block-row start; the definition
+# is the decoder's state there, which the decoder records while decoding. Both must agree on every stream:
+# dense, sparse, all-zero (the value window reaches past the payload end), bypass-heavy and carry-heavy data.
+def _entry_point_cases():
+    rs = np.random.RandomState(915)
+    kinds = ["laplace", "sparse", "zeros", "huge", "ones"]
+    for i in range(60):
+        so = 1 + i % 4
+        block = 4 << so
+        rows = int(rs.randint(block + 1, 4 * block + 3))
+        width = int(rs.randint(2, 90))
+        yield i, rows, width, so, kinds[i % len(kinds)], bool(i % 2), bool((i // 2) % 2), bool((i // 3) % 2)
+
+
+@pytest.mark.parametrize("case", list(_entry_point_cases()), ids=lambda c: str(c[0]))
+def test_encoder_entry_points_equal_the_decoders(native, case):
+    i, rows, width, so, kind, dq, row_skip, param_opt = case
+    rs = np.random.RandomState(i)
+    n = rows * width
+    if kind == "laplace":
+        levels = np.round(rs.laplace(0, 3, n))
+    elif kind == "sparse":
+        levels = np.round(rs.laplace(0, 2, n)) * (rs.rand(n) < 0.1)
+    elif kind == "zeros":
+        levels = np.zeros(n)
+    elif kind == "huge":
+        levels = rs.randint(-(2**30), 2**30, n) * (rs.rand(n) < 0.5)
+    else:
+        levels = np.ones(n)
+    levels = torch.from_numpy(levels.astype(np.int32))
+    num_gtx, profile = (11, 1) if i % 3 else (1 + i % 5, 0)
+    payload, eps = native.encode_payload(levels, rows, width, so, dq, num_gtx, profile, 0, 0, True, 8,
+                                         row_skip, param_opt, -7)
+    out = torch.empty(n, dtype=torch.int32)
+    _, consumed, decoded_eps = native.decode_payload(payload, out, rows, width, so, dq, num_gtx, profile,
+                                                     0, 0, True, 8)
+    assert consumed == len(payload)
+    assert len(eps) == -(-rows // (4 << so)) - 1
+    assert [tuple(e) for e in eps] == [tuple(e) for e in decoded_eps]

@@ -256,6 +256,12 @@ class ArithEncoder {
 
   void reset_range() { range_ = 256; }
 
+  // Total renormalisation shifts so far; equals the decoder's bit position (spec §4.8) at the same bin.
+  int64_t bit_position() const {
+    return 23 - bits_left_ + 8 * (static_cast<int64_t>(out_.size()) + pending_count_);
+  }
+  uint32_t low_byte() const { return static_cast<uint32_t>(low_ & 0xFF); }
+
   // Terminating bin with value 1 followed by the byte-exact flush (spec §4.6).
   std::vector<uint8_t> finish() {
     range_ -= 2;
@@ -877,7 +883,33 @@ void validate_levels(const int32_t* levels, const LayerParams& p, int64_t count)
                        " cannot be coded (allowed: -2147483647 .. 2147483647)");
 }
 
-void encode_tensor(ArithEncoder& enc, const int32_t* levels, const LayerParams& p, const EncodeOptions& opt) {
+// Encoder state at the start of a block row, from which its entry point follows once the payload is complete.
+struct BlockRowStart {
+  int64_t bit_position;
+  uint32_t low_byte, dq_state;
+};
+
+// Entry points (spec §9.4) without decoding the payload again. At a block-row start the decoder has read S =
+// bit_position bits and its register is value = (16 payload bits from bit S) - 128·low (mod 2^16), where low
+// is the encoder's low register at the same point (only its 9 lowest bits matter modulo 2^16); hence
+// value8 = (value >> 7) & 255 = (payload bits S+1 .. S+8) - low (mod 256). Bits past the end read as 0, as in
+// the decoder.
+std::vector<EntryPoint> entry_points_from(const std::vector<BlockRowStart>& starts,
+                                          const std::vector<uint8_t>& payload) {
+  auto byte_at = [&](int64_t i) -> uint32_t { return i < static_cast<int64_t>(payload.size()) ? payload[i] : 0; };
+  std::vector<EntryPoint> out;
+  for (size_t j = 1; j < starts.size(); ++j) {
+    const int64_t bit = starts[j].bit_position + 1;
+    const uint32_t window = (byte_at(bit >> 3) << 8) | byte_at((bit >> 3) + 1);
+    const uint32_t payload8 = (window >> (8 - (bit & 7))) & 0xFF;
+    out.push_back({starts[j].bit_position - starts[j - 1].bit_position, (payload8 - starts[j].low_byte) & 0xFF,
+                   starts[j].dq_state});
+  }
+  return out;
+}
+
+void encode_tensor(ArithEncoder& enc, const int32_t* levels, const LayerParams& p, const EncodeOptions& opt,
+                   std::vector<BlockRowStart>& row_starts) {
   const Geometry g = make_geometry(p);
   const Layout L(p.num_gtx);
   const CodebookLimits cb{p.profile == 1 && p.codebook_size > 0, p.codebook_size, p.codebook_zero_offset};
@@ -909,7 +941,10 @@ void encode_tensor(ArithEncoder& enc, const int32_t* levels, const LayerParams& 
     ctx[list[i].ctx].init(eco[i]);
   }
 
-  if (g.so && g.block_rows > 1) enc.reset_range();
+  if (g.so && g.block_rows > 1) {
+    enc.reset_range();
+    row_starts.push_back({enc.bit_position(), enc.low_byte(), 0});
+  }
   int64_t nb = 0;
   Context* c = ctx.data();
   const bool nothing_coded = cb.active && cb.size == 1;
@@ -924,10 +959,11 @@ void encode_tensor(ArithEncoder& enc, const int32_t* levels, const LayerParams& 
     nb = k;
     return p.dq ? static_cast<int>(kTrans[state][k & 1]) : state;
   };
-  auto boundary = [&](int) {
+  auto boundary = [&](int state) {
     for (Context& x : ctx) x.reset();
     nb = 0;
     enc.reset_range();
+    row_starts.push_back({enc.bit_position(), enc.low_byte(), static_cast<uint32_t>(state)});
   };
   walk(g, skip, p.dq, visit, boundary);
 }
@@ -1010,16 +1046,11 @@ EncodedPayload encode_payload(const int32_t* levels, const LayerParams& p, const
   }
   ArithEncoder enc;
   if (p.has_qp) enc.encode_bypass_bits(static_cast<uint32_t>(opt.qp_delta) & ((1u << p.qp_bits) - 1), p.qp_bits);
-  encode_tensor(enc, levels, p, opt);
+  std::vector<BlockRowStart> row_starts;
+  encode_tensor(enc, levels, p, opt, row_starts);
   EncodedPayload result;
   result.bytes = enc.finish();
-  const Geometry g = make_geometry(p);
-  if (g.so && g.block_rows > 1) {
-    // Entry points are defined by the decoder's state at each block-row start (spec §9.4).
-    std::vector<int32_t> scratch(count);
-    DecodedPayload d = decode_payload(result.bytes.data(), result.bytes.size(), p, scratch.data());
-    result.entry_points = std::move(d.entry_points);
-  }
+  result.entry_points = entry_points_from(row_starts, result.bytes);
   return result;
 }
 
