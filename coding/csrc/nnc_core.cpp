@@ -120,15 +120,26 @@ class ArithDecoder {
     value_ |= next_byte();
   }
 
+  // kBranchFree: select the interval with masks, so that the compiler cannot turn it into a jump. Right for
+  // unpredictable bins (significance, sign); for mostly-MPS bins (long runs of greater-than flags) a
+  // predicted jump is cheaper than the data dependency, so there the compiler chooses.
+  template <bool kBranchFree = false>
   __attribute__((always_inline)) int decode_bin(Context& c) {
     const uint32_t lps = c.lps_range(range_);
     const uint32_t mps_range = range_ - lps;
     const uint32_t scaled = mps_range << 7;
-    // branch-free interval selection: bins are data-dependent and mispredict often
-    const uint32_t is_lps = value_ >= scaled;
-    const int bin = c.mps() ^ static_cast<int>(is_lps);
-    value_ -= is_lps ? scaled : 0u;
-    range_ = is_lps ? lps : mps_range;
+    int bin;
+    if (kBranchFree) {
+      const uint32_t lps_mask = 0u - static_cast<uint32_t>(value_ >= scaled);
+      bin = c.mps() ^ static_cast<int>(lps_mask & 1);
+      value_ -= scaled & lps_mask;
+      range_ = (lps & lps_mask) | (mps_range & ~lps_mask);
+    } else {
+      const uint32_t is_lps = value_ >= scaled;
+      bin = c.mps() ^ static_cast<int>(is_lps);
+      value_ -= is_lps ? scaled : 0u;
+      range_ = is_lps ? lps : mps_range;
+    }
     const int n = leading_shift(range_);  // 0 for range >= 256
     range_ <<= n;
     value_ <<= n;
@@ -488,7 +499,7 @@ void encode_nonzero_level(ArithEncoder& enc, Context* ctx, const Layout& L, int6
 
 // Rest of a level after a significance bin of 1 (spec §7.1); the plain binarization without codebook bounds.
 inline int64_t decode_plain_nonzero(ArithDecoder& dec, Context* ctx, const Layout& L, int nbc) {
-  const int neg = dec.decode_bin(ctx[Layout::kSign + nbc]);
+  const int neg = dec.decode_bin<true>(ctx[Layout::kSign + nbc]);
   Context* gtx = ctx + Layout::kGtx + neg;
   int64_t a = 1;
   int j = 0;
@@ -997,7 +1008,7 @@ void decode_tensor(ArithDecoder& dec, const LayerParams& p, int32_t* out, std::v
   auto visit = [&](int64_t pos, int state) {
     const int nbc = neighbour_class(nb);
     int64_t k = 0;
-    if (!nothing_coded && dec.decode_bin(c[3 * state + nbc]))
+    if (!nothing_coded && dec.decode_bin<true>(c[3 * state + nbc]))
       k = cb.active ? decode_codebook_nonzero(dec, c, L, nbc, cb) : decode_plain_nonzero(dec, c, L, nbc);
     nb = k;
     if (!p.dq) {
