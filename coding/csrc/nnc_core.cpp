@@ -497,6 +497,37 @@ void encode_nonzero_level(ArithEncoder& enc, Context* ctx, const Layout& L, int6
   enc.encode_bypass_bits(static_cast<uint32_t>(rem - base), t);
 }
 
+// Exp-Golomb remainder rem >= 0 after all greater-than flags were 1 (spec §7.1), without codebook bounds.
+__attribute__((noinline)) void encode_plain_remainder(ArithEncoder& enc, Context* ctx, const Layout& L,
+                                                      int64_t rem) {
+  int64_t base = 0;
+  int t = 0;
+  while (t < kMaxRemainderPrefix) {
+    const int more = rem >= base + (int64_t(1) << t);
+    enc.encode_bin(more, ctx[L.rem + t]);
+    if (!more) break;
+    base += int64_t(1) << t;
+    ++t;
+  }
+  enc.encode_bypass_bits(static_cast<uint32_t>(rem - base), t);
+}
+
+// Rest of a nonzero level without codebook bounds (spec §7.1): the common case, inlined into the coding loop.
+__attribute__((always_inline)) inline void encode_plain_nonzero(ArithEncoder& enc, Context* ctx, const Layout& L,
+                                                                int64_t k, int nbc) {
+  const int neg = k < 0;
+  enc.encode_bin(neg, ctx[Layout::kSign + nbc]);
+  const int64_t a = neg ? -k : k;
+  Context* gtx = ctx + Layout::kGtx + neg;
+  const int n = L.num_gtx;
+  for (int j = 0; j < n; ++j) {
+    const int flag = a > j + 1;
+    enc.encode_bin(flag, gtx[2 * j]);
+    if (!flag) return;
+  }
+  encode_plain_remainder(enc, ctx, L, a - n - 1);
+}
+
 // Rest of a level after a significance bin of 1 (spec §7.1); the plain binarization without codebook bounds.
 inline int64_t decode_plain_nonzero(ArithDecoder& dec, Context* ctx, const Layout& L, int nbc) {
   const int neg = dec.decode_bin<true>(ctx[Layout::kSign + nbc]);
@@ -751,16 +782,19 @@ class ParamOptimizer {
   }
 
   // One coded position: its stored value v, significance context 3·state + nbClass and neighbour class.
+  // Branch-free (zero and nonzero values alternate unpredictably): every list is written, and a list's length
+  // grows only when the value belongs to it; a position writes at most one entry per list, so the writes stay
+  // within the chunk-sized lists.
   void add(int64_t v, int sig_ctx, int nbc) {
-    sig_[static_cast<size_t>(sig_ctx) * kChunk + sig_fill_[sig_ctx]++] = static_cast<RunBin>(v != 0);
-    if (v != 0) {
-      const int neg = v < 0;
-      const uint32_t a = static_cast<uint32_t>(neg ? -v : v);  // <= 2^31
-      sign_[static_cast<size_t>(nbc) * kChunk + sign_fill_[nbc]++] = static_cast<RunBin>(neg);
-      magnitudes_[neg][num_magnitudes_[neg]++] = a;
-      remainders_[num_remainders_] = a;  // kept only if a remainder follows the flags (branch-free)
-      num_remainders_ += a > static_cast<uint32_t>(L_.num_gtx);
-    }
+    const int nonzero = v != 0, neg = v < 0;
+    const uint32_t a = static_cast<uint32_t>(neg ? -v : v);  // <= 2^31
+    sig_[static_cast<size_t>(sig_ctx) * kChunk + sig_fill_[sig_ctx]++] = static_cast<RunBin>(nonzero);
+    sign_[static_cast<size_t>(nbc) * kChunk + sign_fill_[nbc]] = static_cast<RunBin>(neg);
+    sign_fill_[nbc] += nonzero;
+    magnitudes_[neg][num_magnitudes_[neg]] = a;
+    num_magnitudes_[neg] += nonzero;
+    remainders_[num_remainders_] = a;
+    num_remainders_ += a > static_cast<uint32_t>(L_.num_gtx);
     if (++positions_ == kChunk) process_chunk();
   }
 
@@ -965,7 +999,12 @@ void encode_tensor(ArithEncoder& enc, const int32_t* levels, const LayerParams& 
     if (!nothing_coded) {
       const int nbc = neighbour_class(nb);
       enc.encode_bin(k != 0, c[3 * state + nbc]);
-      if (k != 0) encode_nonzero_level(enc, c, L, k, nbc, cb);
+      if (k != 0) {
+        if (cb.active)
+          encode_nonzero_level(enc, c, L, k, nbc, cb);
+        else
+          encode_plain_nonzero(enc, c, L, k, nbc);
+      }
     }
     nb = k;
     return p.dq ? static_cast<int>(kTrans[state][k & 1]) : state;
