@@ -213,3 +213,26 @@ def test_encoder_entry_points_equal_the_decoders(native, case):
     assert consumed == len(payload)
     assert len(eps) == -(-rows // (4 << so)) - 1
     assert [tuple(e) for e in eps] == [tuple(e) for e in decoded_eps]
+
+
+# The decoder writes every output position itself (coded rows by the scan, skipped rows as zeros): into a
+# buffer full of garbage it decodes exactly what it decodes into a zeroed one.
+@pytest.mark.parametrize("so", range(5))
+@pytest.mark.parametrize("dq", [False, True])
+def test_decoder_overwrites_every_position(native, so, dq):
+    rs = np.random.RandomState(so + 10 * dq)
+    rows, width = 70, 37
+    levels = (rs.randint(-5, 6, (rows, width)) * (rs.rand(rows, width) < 0.6)).astype(np.int32)
+    levels[::4] = 0  # zero rows, skipped with row skipping
+    levels[-1] = 0
+    flat = torch.from_numpy(levels.reshape(-1).copy())
+    payload, _ = native.encode_payload(flat, rows, width, so, dq, 11, 1, 0, 0, True, 8, True, True, 0)
+    decoded = {}
+    for fill in (0, 12345):
+        out = torch.full((rows * width,), fill, dtype=torch.int32)
+        native.decode_payload(payload, out, rows, width, so, dq, 11, 1, 0, 0, True, 8)
+        decoded[fill] = out
+    assert torch.equal(decoded[0], decoded[12345])
+    assert (decoded[12345].view(rows, width)[::4] == 0).all()
+    if not dq:  # with DQ the decoder may re-map inconsistent indices (spec §11.2)
+        assert torch.equal(decoded[12345], flat)

@@ -1024,12 +1024,15 @@ void decode_tensor(ArithDecoder& dec, const LayerParams& p, int32_t* out, std::v
   const CodebookLimits cb{p.profile == 1 && p.codebook_size > 0, p.codebook_size, p.codebook_zero_offset};
   std::vector<Context> ctx(L.size);
   for (Context& c : ctx) c.init(0);
-  std::fill(out, out + g.count, 0);
 
+  // The walk below writes every position of the coded rows; skipped rows are zero.
   std::vector<uint8_t> zero_rows;
   if (uses_row_skip_syntax(p, g) && dec.decode_bypass()) {
     zero_rows.assign(g.rows, 0);
-    for (int64_t y = 0; y < g.rows; ++y) zero_rows[y] = static_cast<uint8_t>(dec.decode_bin(ctx[L.row_skip]));
+    for (int64_t y = 0; y < g.rows; ++y) {
+      zero_rows[y] = static_cast<uint8_t>(dec.decode_bin(ctx[L.row_skip]));
+      if (zero_rows[y]) std::fill(out + y * g.width, out + (y + 1) * g.width, 0);
+    }
   }
   const uint8_t* skip = zero_rows.empty() ? nullptr : zero_rows.data();
 

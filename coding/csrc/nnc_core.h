@@ -71,7 +71,8 @@ struct DecodedPayload {
 int effective_scan_order(const LayerParams& p);
 
 // Encodes one tensor (levels in C order, num_rows * layer_width values) as a complete NDU codeword:
-// [qp delta] + tensor + terminating bin + flush; entry points are produced by decoding the result.
+// [qp delta] + tensor + terminating bin + flush; entry points are derived from the encoder state at each
+// block-row start (spec §9.4), without decoding the result.
 EncodedPayload encode_payload(const int32_t* levels, const LayerParams& p, const EncodeOptions& opt);
 
 // Decodes one NDU codeword of a single tensor into out (num_rows * layer_width values).
