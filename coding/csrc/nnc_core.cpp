@@ -464,6 +464,25 @@ struct CodebookLimits {
   int size, zero;
 };
 
+constexpr int64_t kNoBound = std::numeric_limits<int64_t>::max();
+
+// Exp-Golomb remainder rem >= 0 after all greater-than flags were 1, with context-coded prefix (spec §7.1); a
+// codebook bound (the largest remainder the codebook allows, spec §7.2) ends the prefix early.
+__attribute__((noinline)) void encode_remainder(ArithEncoder& enc, Context* ctx, const Layout& L, int64_t rem,
+                                                int64_t bound) {
+  int64_t base = 0;
+  int t = 0;
+  while (t < kMaxRemainderPrefix) {
+    const int more = rem >= base + (int64_t(1) << t);
+    enc.encode_bin(more, ctx[L.rem + t]);
+    if (!more) break;
+    base += int64_t(1) << t;
+    ++t;
+    if (base + (int64_t(1) << t) > bound) break;
+  }
+  enc.encode_bypass_bits(static_cast<uint32_t>(rem - base), t);
+}
+
 // Rest of a non-zero level after its significance bin (spec §7.1/§7.2).
 void encode_nonzero_level(ArithEncoder& enc, Context* ctx, const Layout& L, int64_t k, int nbc,
                           const CodebookLimits& cb) {
@@ -482,34 +501,7 @@ void encode_nonzero_level(ArithEncoder& enc, Context* ctx, const Layout& L, int6
     if (!flag || known >= max_abs) break;
   }
   if (!flag || known >= max_abs) return;
-  // Exp-Golomb remainder with context-coded prefix; a codebook bound ends the prefix early (spec §7.2).
-  const int64_t rem = a - known;
-  int64_t base = 0;
-  int t = 0;
-  while (t < kMaxRemainderPrefix) {
-    const int more = rem >= base + (int64_t(1) << t);
-    enc.encode_bin(more, ctx[L.rem + t]);
-    if (!more) break;
-    base += int64_t(1) << t;
-    ++t;
-    if (cb.active && known + base + (int64_t(1) << t) > max_abs) break;
-  }
-  enc.encode_bypass_bits(static_cast<uint32_t>(rem - base), t);
-}
-
-// Exp-Golomb remainder rem >= 0 after all greater-than flags were 1 (spec §7.1), without codebook bounds.
-__attribute__((noinline)) void encode_plain_remainder(ArithEncoder& enc, Context* ctx, const Layout& L,
-                                                      int64_t rem) {
-  int64_t base = 0;
-  int t = 0;
-  while (t < kMaxRemainderPrefix) {
-    const int more = rem >= base + (int64_t(1) << t);
-    enc.encode_bin(more, ctx[L.rem + t]);
-    if (!more) break;
-    base += int64_t(1) << t;
-    ++t;
-  }
-  enc.encode_bypass_bits(static_cast<uint32_t>(rem - base), t);
+  encode_remainder(enc, ctx, L, a - known, cb.active ? max_abs - known : kNoBound);
 }
 
 // Rest of a nonzero level without codebook bounds (spec §7.1): the common case, inlined into the coding loop.
@@ -525,7 +517,7 @@ __attribute__((always_inline)) inline void encode_plain_nonzero(ArithEncoder& en
     enc.encode_bin(flag, gtx[2 * j]);
     if (!flag) return;
   }
-  encode_plain_remainder(enc, ctx, L, a - n - 1);
+  encode_remainder(enc, ctx, L, a - n - 1, kNoBound);
 }
 
 // Rest of a level after a significance bin of 1 (spec §7.1); the plain binarization without codebook bounds.
