@@ -589,12 +589,13 @@ int64_t decode_codebook_nonzero(ArithDecoder& dec, Context* ctx, const Layout& L
 //   three loads and three ALU operations per candidate and bin.
 
 // Tables of the candidate replay for one bin value; every lookup is [block + scaled index + constant offset].
-// Fast parts are held as 2·s0 (the byte offset of s0 in an int16 row), slow parts as s1. A power-of-two block
-// size makes the block address one shift of the bin.
-struct alignas(32768) ReplayBlock {
+// Fast parts are held as 2·s0 (the byte offset of s0 in an int16 row), slow parts as s1. Padding to a
+// power-of-two size makes the block address one shift of the bin (no over-alignment needed).
+struct alignas(64) ReplayBlock {
   uint32_t est[1024];        // est[512 + (p >> 3)]: bit estimate of this bin value (Appendix B)
   int16_t s0_next[4][256];   // [sh0 - 4][s0 + 128] -> 2 · next s0
   int16_t s1_next[3][4096];  // [sh1 - 4][s1 + 2048] -> next s1
+  uint8_t padding[2048];
 };
 static_assert(sizeof(ReplayBlock) == 32768, "replay block must be a power of two in size");
 
