@@ -15,17 +15,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
+from environment import environment
 from torch import nn
 
-import ecqx
 from ecqx.assign import assign
 from ecqx.entropy import size_decay
 from ecqx.grid import uniform_grid
@@ -124,19 +121,6 @@ def run(threads: int, repeats: int, big: int) -> dict:
         "big_linear_ecqx_s": big_ecqx,
         "big_linear_ecq_weights_per_s": big_weight.numel() / big_ecq,
         "big_linear_ecqx_weights_per_s": big_weight.numel() / big_ecqx,
-    }
-
-
-def environment(threads: int) -> dict:
-    return {
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": threads,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "ecqx": getattr(ecqx, "__version__", "dev"),
-        "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
     }
 
 

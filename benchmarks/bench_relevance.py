@@ -17,16 +17,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import sys
 import time
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+from environment import environment
 from pytorch_lightning.callbacks import Callback
 
-import ecqx
 from ecqx.callbacks import ECQ, ECQx
 from ecqx.training.data import DigitsDataModule, MNISTDataModule
 from ecqx.training.models import lenet5, mlp
@@ -101,20 +99,6 @@ def run(batches: int, mnist_root: str) -> dict:
     return results
 
 
-def environment(threads: int) -> dict:
-    return {
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": threads,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "pytorch_lightning": pl.__version__,
-        "ecqx": getattr(ecqx, "__version__", "dev"),
-        "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
-    }
-
-
 def markdown(env: dict, results: dict, batches: int) -> str:
     lines = [
         f"Command: `{env['command']}`  ",
@@ -149,7 +133,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    env = environment(args.threads)
+    env = environment(args.threads, pytorch_lightning=pl.__version__)
     results = run(args.batches, args.mnist_root)
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"bench_relevance_t{args.threads}"
