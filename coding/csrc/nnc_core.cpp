@@ -797,9 +797,11 @@ class ParamOptimizer {
     for (CandidateStates& c : states_) c.reset_states();
   }
 
-  // The chosen ecoIdx of a context; call after the last position.
-  int best(int ctx) {
-    process_chunk();
+  // Replays the bins of the last, partial chunk; call once after the last position.
+  void finish() { process_chunk(); }
+
+  // The chosen ecoIdx of a context (after finish()).
+  int best(int ctx) const {
     const uint64_t* acc = states_[ctx].acc;
     int best = 0;
     uint64_t cost = acc[0];
@@ -898,6 +900,7 @@ std::vector<int> choose_eco(const int32_t* levels, const LayerParams& p, const G
   };
   // Block-row boundaries reset only the candidate states (accumulators and neighbour are kept).
   walk(g, zero_rows, p.dq, visit, [&](int) { opt.reset_states(); });
+  opt.finish();
   std::vector<int> out;
   out.reserve(list.size());
   for (const EcoEntry& e : list) out.push_back(e.signalled ? opt.best(e.ctx) : 0);
