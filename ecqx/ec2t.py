@@ -51,8 +51,12 @@ def init_magnitudes(weights: torch.Tensor, init_scale: float = DEFAULT_INIT_SCAL
 
 
 def magnitude_floor(shadow: torch.Tensor) -> float:
-    """0.675 · std(shadow) (torch's default, unbiased std), the lower bound of both magnitudes."""
-    return FLOOR_FACTOR * shadow.detach().float().std().item()
+    """0.675 · std(shadow) (unbiased std, taken in float64), the lower bound of both magnitudes.
+
+    float64 makes the floor independent of the summation order, which differs between devices and between a
+    whole-tensor and a grouped (:class:`ecqx.layout.FlatLayout`) reduction.
+    """
+    return FLOOR_FACTOR * shadow.detach().double().std().item()
 
 
 def clamp_magnitudes(w_n: torch.Tensor, w_p: torch.Tensor, shadow: torch.Tensor) -> None:
@@ -114,6 +118,7 @@ def ec2t_gradients(grad: torch.Tensor, indices: torch.Tensor, w_n: float, w_p: f
         raise ValueError(f"grad shape {tuple(grad.shape)} != indices shape {tuple(indices.shape)}")
     is_neg, is_pos = indices == NEGATIVE, indices == POSITIVE
     scale = torch.where(is_pos, w_p, torch.where(is_neg, w_n, 1.0)).to(grad.dtype)
-    sum_neg = grad[is_neg].sum()
+    # sums in float64 (then rounded to the gradient's dtype): independent of the summation order
+    sum_neg = grad[is_neg].double().sum().to(grad.dtype)
     grad_w_n = -sum_neg if mode == "clean" else sum_neg
-    return grad * scale, grad_w_n, grad[is_pos].sum()
+    return grad * scale, grad_w_n, grad[is_pos].double().sum().to(grad.dtype)
