@@ -27,12 +27,16 @@ and swaps values in and out of the very same ``nn.Parameter`` objects the optimi
 Before ``start_epoch`` the callback does nothing (full-precision warm-up). At the start of ``start_epoch`` it
 builds the grids from the current weights, clones the shadows and writes the first assignment.
 
-Per-tensor state is one :class:`ecqx.state.TensorState` per quantized tensor (grid, λ, running relevance, EC2T
-magnitudes and phase, last assignment): the callbacks only decide *when* to call it and keep the shadows.
+All quantized tensors form one group state (:class:`ecqx.group_state.UniformGroup` for ECQ/ECQx,
+:class:`ecqx.group_state.TernaryGroup` for EC2T): flat shadow, quantized-value and gradient buffers, grids and
+statistics on the device. A steady-state step is a fixed number of tensor operations whatever the number of
+tensors (grouped ``torch._foreach_copy_`` for every swap between parameters and buffers) and never waits for the
+device; statistics come to the host only at epoch ends (logging) and when asked (:meth:`summary`, export).
 
-Checkpoints: :meth:`QuantizationCallback.state_dict` holds the phase, the step counter, and per tensor the
-grid, shadow, levels and method state (running relevance, EC2T magnitudes and their optimizer). A run resumed
-with ``ckpt_path=`` continues from exactly that state. DDP: gradients reach ``on_before_optimizer_step``
+Checkpoints: :meth:`QuantizationCallback.state_dict` holds the phase, the step counter and the group state's own
+``state_dict()`` (per tensor: grid, shadow, levels and the method's fields — running relevance, EC2T magnitudes;
+plus the EC2T magnitude optimizer). Checkpoints written before the grouped state (per-tensor entries under
+``"tensors"``) load through the same path. A run resumed with ``ckpt_path=`` continues from exactly that state. DDP: gradients reach ``on_before_optimizer_step``
 already all-reduced, so every rank steps identical shadows and the deterministic assignment gives identical
 quantized weights; ECQx relevances are averaged over ranks before use.
 
@@ -46,7 +50,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any
 
 import pytorch_lightning as pl
@@ -55,8 +58,8 @@ from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.strategies import DDPStrategy, SingleDeviceStrategy
 from pytorch_lightning.utilities import rank_zero_info
 
+from ecqx.group_state import QuantizerGroup, TensorStatistics
 from ecqx.quantized import QuantizedTensor
-from ecqx.state import TensorState
 from ecqx.targets import DEFAULT_EXCLUDE, select_targets
 
 log = logging.getLogger(__name__)
@@ -72,33 +75,7 @@ def find_quantization_callback(trainer: pl.Trainer) -> QuantizationCallback | No
     return found[0] if found else None
 
 
-@dataclass
-class TensorStats:
-    """Statistics of one tensor's latest assignment, for logging."""
-
-    numel: int
-    zeros: int
-    entropy_bits: float
-    lam: float
-    relevance_flips: int = 0
-
-
-def level_entropy_bits(levels: torch.Tensor) -> float:
-    """Empirical entropy (bits per value) of an integer tensor's value histogram."""
-    _, counts = torch.unique(levels, return_counts=True)
-    pmf = counts.double() / levels.numel()
-    return float(-(pmf * torch.log2(pmf)).sum())
-
-
-def tensor_stats(state: TensorState, levels: torch.Tensor) -> TensorStats:
-    """Logging statistics of ``state``'s last assignment (``levels`` = ``state.levels()``)."""
-    return TensorStats(
-        numel=levels.numel(),
-        zeros=int((levels == 0).sum()),
-        entropy_bits=level_entropy_bits(levels),
-        lam=state.lam_layer,
-        relevance_flips=state.relevance_flips,
-    )
+TensorStats = TensorStatistics  # statistics of one tensor's latest assignment
 
 
 def check_choice(argument: str, value: Any, allowed: Iterable[Any]) -> None:
@@ -124,8 +101,8 @@ def check_number(argument: str, value: Any, low: float, high: float | None = Non
 class QuantizationCallback(Callback):
     """Base class: the Lightning mechanics shared by ECQ, ECQx and EC2T (see the module docstring).
 
-    Subclasses implement :meth:`_build_tensor_state` (a :class:`~ecqx.state.TensorState`) and the checkpoint
-    mapping; the per-step maths is the state's (:mod:`ecqx`).
+    Subclasses implement :meth:`_new_group` (the method's :class:`~ecqx.group_state.QuantizerGroup`); the
+    per-step maths is the group state's (:mod:`ecqx`).
 
     Args:
         lam: the global entropy gain Λ (γ for EC2T); 0 gives nearest-level rounding.
@@ -168,11 +145,9 @@ class QuantizationCallback(Callback):
         self.phase = PHASE_WARMUP
         self.optimizer_steps = 0
         self.targets: list[str] = []
-        self.shadows: dict[str, torch.Tensor] = {}
-        self.tensor_states: dict[str, TensorState] = {}
-        self.stats: dict[str, TensorStats] = {}
+        self.group: QuantizerGroup | None = None
         self.fp_metrics: dict[str, float] = {}
-        self._swapped: set[str] = set()
+        self._swapped: list[int] = []
         self._stepped = False
         self._pending_state: dict[str, Any] | None = None
         self._started_epoch: int | None = None  # the epoch whose start logic ran last
@@ -186,25 +161,41 @@ class QuantizationCallback(Callback):
     @property
     def levels(self) -> dict[str, torch.Tensor]:
         """Integer levels (int32) of every quantized tensor's current assignment, by name."""
-        return {name: state.levels() for name, state in self.tensor_states.items()}
+        return {} if self.group is None else self.group.levels()
+
+    @property
+    def shadows(self) -> dict[str, torch.Tensor]:
+        """The full-precision shadow weights, by name (views of the group's flat shadow buffer)."""
+        if self.group is None:
+            return {}
+        return dict(zip(self.group.names, self.group.shadow_views, strict=True))
+
+    @property
+    def stats(self) -> dict[str, TensorStatistics]:
+        """Per-tensor statistics of the latest assignment (brings them to the host)."""
+        return {} if self.group is None else self.group.statistics()
 
     def quantized_tensors(self) -> dict[str, QuantizedTensor]:
         """Contract descriptions (levels, qp, qp_density, codebook) of every quantized tensor, by name."""
-        if not self.is_active:
+        if not self.is_active or self.group is None:
             return {}
-        return {name: self.tensor_states[name].export() for name in self.targets}
+        return self.group.export()
 
     def summary(self) -> dict[str, float]:
         """Totals of the latest assignment: sparsity, bits per weight, estimated coded bytes, flips."""
-        numel = sum(s.numel for s in self.stats.values())
+        return self._summary(self.stats)
+
+    @staticmethod
+    def _summary(stats: dict[str, TensorStatistics]) -> dict[str, float]:
+        numel = sum(s.numel for s in stats.values())
         if not numel:
             return {}
-        bits = sum(s.entropy_bits * s.numel for s in self.stats.values())
+        bits = sum(s.entropy_bits * s.numel for s in stats.values())
         return {
-            "sparsity": sum(s.zeros for s in self.stats.values()) / numel,
+            "sparsity": sum(s.zeros for s in stats.values()) / numel,
             "bits_per_weight": bits / numel,
             "estimated_bytes": bits / 8.0,
-            "relevance_flips": float(sum(s.relevance_flips for s in self.stats.values())),
+            "relevance_flips": float(sum(s.relevance_flips for s in stats.values())),
         }
 
     # ------------------------------------------------------------------ Lightning hooks
@@ -255,14 +246,6 @@ class QuantizationCallback(Callback):
             pl_module.log_dict(self._epoch_metrics(), on_step=False, on_epoch=True)
 
     def state_dict(self) -> dict[str, Any]:
-        tensors = {
-            name: {
-                "shadow": self.shadows[name].detach().clone(),
-                "levels": self.tensor_states[name].levels(),
-                **self._tensor_state_dict(name),
-            }
-            for name in self.shadows
-        }
         return {
             "method": self.method,
             "phase": self.phase,
@@ -270,7 +253,7 @@ class QuantizationCallback(Callback):
             "started_epoch": self._started_epoch,
             "fp_metrics": dict(self.fp_metrics),
             "targets": list(self.targets),
-            "tensors": tensors,
+            "group": None if self.group is None else self.group.state_dict(),
             "extra": self._extra_state_dict(),
         }
 
@@ -361,13 +344,13 @@ class QuantizationCallback(Callback):
         params = dict(pl_module.named_parameters())
         return {name: params[name] for name in self.targets}
 
+    def _parameter_list(self, pl_module: pl.LightningModule) -> list[torch.nn.Parameter]:
+        return list(self._parameters(pl_module).values())
+
     def _start_quantization(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        params = self._parameters(pl_module)
-        max_numel = max(p.numel() for p in params.values())
-        for name, param in params.items():
-            weights = param.detach()
-            self.shadows[name] = weights.clone()
-            self.tensor_states[name] = self._build_tensor_state(name, weights, max_numel)
+        params = self._parameter_list(pl_module)
+        self.group = self._new_group([p.shape for p in params], params[0].device)
+        self.group.initialise([p.detach() for p in params])
         # the full-precision model's validation metrics of the last warm-up epoch, for the final comparison
         self.fp_metrics = {
             f"fp_{k}": float(v)
@@ -375,53 +358,58 @@ class QuantizationCallback(Callback):
             if k.startswith("val_") and v.numel() == 1
         }
         self.phase = PHASE_QUANTIZE
-        self._requantize(trainer, pl_module)
+        self._write_quantized(pl_module)
+        summary = self.summary()
         rank_zero_info(
             f"{type(self).__name__}: quantizing {len(params)} tensors from epoch {trainer.current_epoch} "
-            f"(sparsity {self.summary()['sparsity']:.3f}, "
-            f"{self.summary()['bits_per_weight']:.3f} bits/weight)"
+            f"(sparsity {summary['sparsity']:.3f}, {summary['bits_per_weight']:.3f} bits/weight)"
         )
 
     @torch.no_grad()
     def _hand_gradients_to_shadows(self, pl_module: pl.LightningModule) -> None:
-        for name, param in self._parameters(pl_module).items():
-            if param.grad is None:
-                continue
-            shadow_grad = self.tensor_states[name].shadow_gradient(param.grad, param.detach())
-            if shadow_grad is None:  # this tensor's shadow is not stepped (EC2T frozen assignment)
-                param.grad = None
-                continue
-            param.grad.copy_(shadow_grad)
-            param.copy_(self.shadows[name])
-            self._swapped.add(name)
+        group = self.group
+        params = self._parameter_list(pl_module)
+        present = [i for i, p in enumerate(params) if p.grad is not None]
         self._stepped = True
+        if not present:
+            return
+        if len(present) < len(params):
+            group.grad.zero_()  # tensors without a gradient contribute nothing (EC2T magnitude sums)
+        torch._foreach_copy_([group.grad_views[i] for i in present], [params[i].grad for i in present])
+        if not group.shadow_gradient():  # the shadows are not stepped (EC2T frozen assignment)
+            for i in present:
+                params[i].grad = None
+            return
+        torch._foreach_copy_([params[i].grad for i in present], [group.grad_views[i] for i in present])
+        torch._foreach_copy_([params[i] for i in present], [group.shadow_views[i] for i in present])
+        self._swapped = present
 
     @torch.no_grad()
     def _collect_stepped_shadows(self, pl_module: pl.LightningModule) -> None:
-        for name, param in self._parameters(pl_module).items():
-            if name in self._swapped:
-                self.shadows[name].copy_(param)
-                param.copy_(self._quantized_values(name))
-        self._swapped.clear()
+        if self._swapped:
+            params = self._parameter_list(pl_module)
+            stepped = [params[i] for i in self._swapped]
+            torch._foreach_copy_([self.group.shadow_views[i] for i in self._swapped], stepped)
+            torch._foreach_copy_(stepped, [self.group.quantized_views[i] for i in self._swapped])
+        self._swapped = []
 
     @torch.no_grad()
     def _requantize(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        params = self._parameters(pl_module)
-        for name, param in params.items():
-            state = self.tensor_states[name]
-            param.copy_(state.requantize(self.shadows[name]))
-            self.stats[name] = tensor_stats(state, state.levels())
+        self.group.requantize()
+        self._write_quantized(pl_module)
         self._stepped = False
 
-    def _quantized_values(self, name: str) -> torch.Tensor:
-        return self.tensor_states[name].export().dequantize().to(self.shadows[name].device)
+    @torch.no_grad()
+    def _write_quantized(self, pl_module: pl.LightningModule) -> None:
+        torch._foreach_copy_(self._parameter_list(pl_module), self.group.quantized_views)
 
     def _epoch_metrics(self) -> dict[str, float]:
-        metrics = {f"quant/{key}": value for key, value in self.summary().items()}
+        stats = self.stats
+        metrics = {f"quant/{key}": value for key, value in self._summary(stats).items()}
         metrics["quant/lambda"] = self.lam
         metrics.update(self.fp_metrics)
         if self.log_per_layer:
-            for name, s in self.stats.items():
+            for name, s in stats.items():
                 metrics[f"quant/{name}/sparsity"] = s.zeros / s.numel
                 metrics[f"quant/{name}/bits_per_weight"] = s.entropy_bits
                 metrics[f"quant/{name}/lambda"] = s.lam
@@ -438,18 +426,26 @@ class QuantizationCallback(Callback):
         # None in checkpoints of earlier versions: then only `on_train_epoch_start` starts epochs, as before
         self._started_epoch = state.get("started_epoch")
         self.fp_metrics = dict(state.get("fp_metrics", {}))
-        params = self._parameters(pl_module)
-        for name, entry in state["tensors"].items():
-            device = params[name].device
-            self.shadows[name] = entry["shadow"].to(device).clone()
-            self.tensor_states[name] = self._load_tensor_state(name, entry, device)
+        self.group = None
+        group_state = state.get("group")
+        if group_state is None and state.get("tensors"):
+            group_state = {"tensors": state["tensors"]}  # checkpoints of the per-tensor implementation
+        if group_state is not None:
+            params = self._parameter_list(pl_module)
+            self.group = self._new_group([p.shape for p in params], params[0].device)
+            self.group.load_state_dict(group_state)
+            self._after_group_loaded()
         self._load_extra_state(state["extra"], pl_module)
-        self._swapped.clear()
+        self._swapped = []
         self._stepped = False
 
     # ------------------------------------------------------------------ subclass interface
-    def _build_tensor_state(self, name: str, weights: torch.Tensor, max_numel: int) -> TensorState:
+    def _new_group(self, shapes: list[torch.Size], device: torch.device) -> QuantizerGroup:
+        """An uninitialised group state for the targets (``self.targets`` order) on ``device``."""
         raise NotImplementedError
+
+    def _after_group_loaded(self) -> None:
+        """Adjust a group restored from a checkpoint to the callback's phase (EC2T: frozen assignment)."""
 
     def _begin_epoch(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._started_epoch = trainer.current_epoch
@@ -462,14 +458,6 @@ class QuantizationCallback(Callback):
 
     def _after_shadow_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any) -> None:
         """Runs after the shadows took the optimizer step, before re-assignment (ECQx relevances, EC2T)."""
-
-    def _tensor_state_dict(self, name: str) -> dict[str, Any]:
-        """The method's per-tensor checkpoint entries (besides ``shadow`` and ``levels``)."""
-        raise NotImplementedError
-
-    def _load_tensor_state(self, name: str, entry: dict[str, Any], device: torch.device) -> TensorState:
-        """Rebuild a tensor's state from its checkpoint entry (``shadow``, ``levels`` and the method's)."""
-        raise NotImplementedError
 
     def _extra_state_dict(self) -> dict[str, Any]:
         return {}

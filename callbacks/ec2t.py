@@ -25,9 +25,7 @@ import torch
 
 from ecqx.callbacks._base import PHASE_FROZEN, PHASE_QUANTIZE, QuantizationCallback, check_int, check_number
 from ecqx.ec2t import DEFAULT_INIT_SCALE, DEFAULT_RESOLUTION
-from ecqx.entropy import size_decay
-from ecqx.grid import Grid
-from ecqx.state import TensorState
+from ecqx.group_state import TernaryGroup
 
 
 class EC2T(QuantizationCallback):
@@ -97,71 +95,63 @@ class EC2T(QuantizationCallback):
             and trainer.current_epoch >= self.freeze_epoch
         ):
             self.phase = PHASE_FROZEN
-            for state in self.tensor_states.values():
-                state.freeze()
+            self.group.freeze()
 
-    def _build_tensor_state(self, name: str, weights: torch.Tensor, max_numel: int) -> TensorState:
-        self._centroid_optimizer = None  # rebuilt over all magnitudes on first use
-        return TensorState.for_ec2t(
-            weights,
-            gamma=self.lam,
-            decay=size_decay(weights.numel(), max_numel),
-            mode=self.mode,
-            init_scale=self.init_scale,
-            resolution=self.resolution,
-        )
+    def _new_group(self, shapes: list[torch.Size], device: torch.device) -> TernaryGroup:
+        self._centroid_optimizer = None  # rebuilt over the new magnitudes on first use
+        return TernaryGroup(self.targets, shapes, gamma=self.lam, mode=self.mode, init_scale=self.init_scale,
+                            resolution=self.resolution, device=device)
 
-    def _magnitudes(self) -> list[torch.Tensor]:
-        return [m for n in self.targets for m in (self.tensor_states[n].w_n, self.tensor_states[n].w_p)]
+    def _after_group_loaded(self) -> None:
+        if self.phase == PHASE_FROZEN:
+            self.group.freeze()
 
     def _optimizer(self) -> torch.optim.Optimizer:
         if self._centroid_optimizer is None:
-            self._centroid_optimizer = torch.optim.Adam(self._magnitudes(), lr=self.centroid_lr)
+            self._centroid_optimizer = torch.optim.Adam([self.group.magnitudes], lr=self.centroid_lr)
         return self._centroid_optimizer
 
     # ---------------------------------------------------------------- steps
     def _after_shadow_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any) -> None:
-        # the magnitudes' gradients were accumulated by TensorState.shadow_gradient
+        # the magnitudes' gradients were accumulated by TernaryGroup.shadow_gradient
         optimizer = self._optimizer()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        for name in self.targets:
-            self.tensor_states[name].clamp_magnitudes(self.shadows[name])
+        self.group.clamp_magnitudes()
 
     # ---------------------------------------------------------------- checkpoint state
-    def _tensor_state_dict(self, name: str) -> dict[str, Any]:
-        state = self.tensor_states[name]
-        return {
-            "w_n": state.w_n.detach().clone(),
-            "w_p": state.w_p.detach().clone(),
-            "qp": state.grid.qp,
-            "qp_density": state.grid.qp_density,
-            "step": state.grid.step,
-            "decay": state.decay,
-            "indices": state.indices.clone(),
-            "grid": state.grid.to_dict(),
-        }
-
-    def _load_tensor_state(self, name: str, entry: dict[str, Any], device: torch.device) -> TensorState:
-        self._centroid_optimizer = None
-        return TensorState(
-            method="ec2t",
-            mode=self.mode,
-            grid=Grid.from_dict(entry["grid"]),
-            lam=self.lam,
-            decay=entry["decay"],
-            ste_scale="abs",
-            phase="frozen" if self.phase == PHASE_FROZEN else "assign",
-            w_n=entry["w_n"].to(device).clone().requires_grad_(True),
-            w_p=entry["w_p"].to(device).clone().requires_grad_(True),
-            indices=entry["indices"].to(device).clone(),
-        )
-
     def _extra_state_dict(self) -> dict[str, Any]:
         optimizer = self._centroid_optimizer
         return {"centroid_optimizer": None if optimizer is None else optimizer.state_dict()}
 
     def _load_extra_state(self, extra: dict[str, Any], pl_module: pl.LightningModule) -> None:
         self._centroid_optimizer = None
-        if extra.get("centroid_optimizer") is not None:
-            self._optimizer().load_state_dict(extra["centroid_optimizer"])
+        state = extra.get("centroid_optimizer")
+        if state is not None:
+            self._optimizer().load_state_dict(_grouped_adam_state(state, len(self.targets)))
+
+
+def _grouped_adam_state(state: dict[str, Any], num_tensors: int) -> dict[str, Any]:
+    """The magnitude optimizer's state for the grouped ``[T, 2]`` magnitudes.
+
+    Checkpoints of the per-tensor implementation hold one Adam parameter per magnitude (w_n, w_p of every
+    tensor in turn); their moments are stacked into the one grouped parameter.
+    """
+    params = state["param_groups"][0]["params"]
+    if len(state["param_groups"]) == 1 and len(params) == 1:
+        return state
+    if len(state["param_groups"]) != 1 or len(params) != 2 * num_tensors:
+        raise ValueError(
+            f"the checkpoint's EC2T magnitude optimizer holds {len(params)} parameters; expected 1 (grouped) or "
+            f"{2 * num_tensors} (per-tensor, 2 per quantized tensor). HINT: resume with the same model and "
+            "include/exclude arguments, or start a fresh run."
+        )
+    per_param = [state["state"].get(p) for p in params]
+    if any(entry is None for entry in per_param):
+        grouped_state = {}
+    else:
+        grouped_state = {0: {key: (value if key == "step" else
+                                   torch.stack([e[key].reshape(()) for e in per_param]).reshape(num_tensors, 2))
+                             for key, value in per_param[0].items()}}
+    group = dict(state["param_groups"][0], params=[0])
+    return {"state": grouped_state, "param_groups": [group]}

@@ -1,8 +1,8 @@
 """``ECQ`` and ``ECQx``: entropy-constrained quantization-aware training on a fixed b-bit grid per tensor.
 
-The per-tensor maths is :class:`ecqx.state.TensorState` (grid :func:`ecqx.grid.uniform_grid` snapped to an NNC
-step, assignment :func:`ecqx.assign.assign`, straight-through rule :func:`ecqx.ste.ste_gradient`, running
-relevance); relevances come from :func:`ecqx.relevance.weight_relevances`; the shadow-weight mechanics are in
+The maths is :class:`ecqx.group_state.UniformGroup` (grids :func:`ecqx.grid.uniform_grid` snapped to an NNC
+step, the assignment of :func:`ecqx.assign.assign` for all tensors at once, the straight-through rule of
+:func:`ecqx.ste.ste_gradient`, running relevance); relevances come from :func:`ecqx.relevance.weight_relevances`; the shadow-weight mechanics are in
 :mod:`ecqx.callbacks._base`.
 
 ECQx relevances (spec ecqx-ec2t.md §3.1): after the shadow step and before the re-assignment, every
@@ -13,7 +13,8 @@ reference does) or on the first ``relevance_batches`` batches of the validation 
 reference set). Under DDP they are averaged over ranks. The running relevance is
 R ← (1 − α)·R_new + α·R_prev (α = ``alpha``, the weight of the *previous* value, spec §3.1) and is reset at
 the
-start of every epoch as in the reference.
+start of every epoch as in the reference. The relevances of all tensors are flattened into one buffer, so DDP
+averages them with one all-reduce.
 """
 
 from __future__ import annotations
@@ -27,9 +28,7 @@ from pytorch_lightning.utilities import move_data_to_device
 from ecqx.assign import DEFAULT_P
 from ecqx.callbacks._base import QuantizationCallback, check_choice, check_int, check_number
 from ecqx.callbacks._evaluate import find_loader
-from ecqx.entropy import size_decay
-from ecqx.grid import Grid
-from ecqx.state import TensorState
+from ecqx.group_state import UniformGroup
 from ecqx.ste import STE_SCALES, default_ste_scale
 
 RELEVANCE_SOURCES = ("batch", "val")
@@ -72,38 +71,13 @@ class ECQ(QuantizationCallback):
         self.bits = bits
         self.gradient_scale = gradient_scale or default_ste_scale(mode)
 
-    def _build_tensor_state(self, name: str, weights: torch.Tensor, max_numel: int) -> TensorState:
-        # The grid is snapped in both modes: the trained values must be exactly what NNC decodes.
-        return TensorState.for_ecq(
-            weights,
-            bits=self.bits,
-            lam=self.lam,
-            decay=size_decay(weights.numel(), max_numel),
-            mode=self.mode,
-            ste_scale=self.gradient_scale,
-            **self._relevance_options(),
-        )
+    def _new_group(self, shapes: list[torch.Size], device: torch.device) -> UniformGroup:
+        # The grids are snapped in both modes: the trained values must be exactly what NNC decodes.
+        return UniformGroup(self.targets, shapes, bits=self.bits, lam=self.lam, mode=self.mode,
+                            ste_scale=self.gradient_scale, device=device, **self._relevance_options())
 
     def _relevance_options(self) -> dict[str, Any]:
         return {}  # ECQ: no relevances
-
-    def _tensor_state_dict(self, name: str) -> dict[str, Any]:
-        state = self.tensor_states[name]
-        return {"grid": state.grid.to_dict(), "decay": state.decay}
-
-    def _load_tensor_state(self, name: str, entry: dict[str, Any], device: torch.device) -> TensorState:
-        grid = Grid.from_dict(entry["grid"])
-        levels = entry["levels"].to(device=device, dtype=torch.int32)
-        return TensorState(
-            method=self.method,
-            mode=self.mode,
-            grid=grid,
-            lam=self.lam,
-            decay=entry["decay"],
-            p=getattr(self, "p", DEFAULT_P),
-            ste_scale=self.gradient_scale,
-            indices=torch.searchsorted(grid.level_tensor(device), levels),
-        )
 
 
 class ECQx(ECQ):
@@ -173,24 +147,23 @@ class ECQx(ECQ):
 
     @property
     def relevances(self) -> dict[str, torch.Tensor]:
-        """The running relevance of every tensor that has one this epoch, by name."""
-        return {n: s.relevance for n, s in self.tensor_states.items() if s.relevance is not None}
+        """The running relevance of every tensor (empty before the first refresh of an epoch), by name."""
+        return {} if self.group is None else self.group.relevances()
 
     def _on_epoch_begin(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        for state in self.tensor_states.values():
-            state.reset_relevance()  # the reference keeps the running relevance per epoch
+        if self.group is not None:
+            self.group.reset_relevance()  # the reference keeps the running relevance per epoch
         super()._on_epoch_begin(trainer, pl_module)
 
     def _relevance_options(self) -> dict[str, Any]:
         return {"relevance": True, "p": self.p, "relevance_alpha": self.alpha}
 
     def _after_shadow_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any) -> None:
-        if self.relevances and self.optimizer_steps % self.relevance_every_n_steps:
+        if self.group.relevance is not None and self.optimizer_steps % self.relevance_every_n_steps:
             return
         fresh = self._compute_relevances(trainer, pl_module, batch)
-        for name in self.targets:
-            new = trainer.strategy.reduce(fresh[name].detach().float(), reduce_op="mean")
-            self.tensor_states[name].update_relevance(new)
+        flat = self.group.layout.flatten([fresh[name] for name in self.targets], dtype=torch.float32)
+        self.group.update_relevance(trainer.strategy.reduce(flat, reduce_op="mean"))
 
     def _compute_relevances(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any
@@ -239,19 +212,6 @@ class ECQx(ECQ):
             for name, s in self.stats.items():
                 metrics[f"quant/{name}/relevance_flips"] = float(s.relevance_flips)
         return metrics
-
-    def _tensor_state_dict(self, name: str) -> dict[str, Any]:
-        entry = super()._tensor_state_dict(name)
-        relevance = self.relevances.get(name)
-        entry["relevance"] = None if relevance is None else relevance.detach().clone()
-        return entry
-
-    def _load_tensor_state(self, name: str, entry: dict[str, Any], device: torch.device) -> TensorState:
-        state = super()._load_tensor_state(name, entry, device)
-        state.relevance_alpha = self.alpha
-        if entry.get("relevance") is not None:
-            state.relevance = entry["relevance"].to(device).clone()
-        return state
 
 
 def _inputs_and_targets(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:

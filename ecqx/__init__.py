@@ -5,7 +5,8 @@ This package is the pure tensor maths; the codec is :mod:`ecqx.coding`, the Ligh
 
 * :func:`select_targets` — which tensors are quantized (the only place that decides it);
 * :func:`uniform_grid` / :class:`Grid` — b-bit grids with NNC-snapped step sizes (:func:`nnc_step_size`);
-* :class:`TensorState` — per-tensor state (grid, λ, relevance, EC2T magnitudes, phase), checkpointable;
+* :class:`UniformGroup` / :class:`TernaryGroup` — the quantizer state of all quantized tensors of a model
+  (ECQ/ECQx, EC2T): flat buffers on the device, a training step without host synchronisation, checkpointable;
 * :func:`make_shadow`, :func:`ste_gradient` — shadow weights and straight-through gradients;
 * :func:`weight_relevances` — LRP weight relevances (zennit) or gradient×weight (captum) for ECQx;
 * :func:`assign` — the entropy-constrained (ECQ/ECQx) re-assignment; EC2T in :mod:`ecqx.ec2t`;
@@ -18,7 +19,7 @@ from ecqx.grid import Grid, snap_grid, uniform_grid
 from ecqx.oneshot import quantize
 from ecqx.quantized import QuantizedTensor, export_levels
 from ecqx.relevance import weight_relevances
-from ecqx.state import TensorState
+from ecqx.group_state import QuantizerGroup, TernaryGroup, UniformGroup
 from ecqx.ste import make_shadow, ste_gradient
 from ecqx.stepsize import nnc_step_size, snap_step
 from ecqx.targets import select_targets
@@ -27,5 +28,5 @@ __all__ = [
     "Assignment", "Grid", "QuantizedTensor", "assign", "cluster_pmf", "ec_assign", "export_levels",
     "information_content", "lambda_max", "levels_of", "make_shadow", "nnc_step_size", "quantize",
     "select_targets", "size_decay", "snap_grid", "snap_step", "ste_gradient", "uniform_grid", "values_of",
-    "TensorState", "weight_relevances",
+    "QuantizerGroup", "TernaryGroup", "UniformGroup", "weight_relevances",
 ]

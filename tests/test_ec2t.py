@@ -18,7 +18,7 @@ from ecqx.ec2t import (
     ternary_step,
 )
 from ecqx.quantized import export_levels
-from ecqx.state import TensorState
+from tensor_state_oracle import TensorState
 
 
 @pytest.fixture()

@@ -5,7 +5,7 @@ import io
 import pytest
 import torch
 
-from ecqx.state import TensorState
+from tensor_state_oracle import TensorState
 from ecqx.ste import make_shadow
 
 

@@ -1,4 +1,9 @@
-"""Per-tensor quantizer state: :class:`TensorState`, the one implementation the training callbacks use.
+"""Test oracle: the per-tensor quantizer state the callbacks used before the grouped state (ecqx.group_state).
+
+Kept unchanged (apart from this paragraph) as the reference that :class:`ecqx.group_state.UniformGroup` and
+:class:`ecqx.group_state.TernaryGroup` must reproduce bit for bit; it is not part of the package.
+
+Per-tensor quantizer state: :class:`TensorState`.
 
 One object per quantized tensor holds everything a training step needs and a checkpoint must keep: the grid
 (levels, Δ, qp, qp_density), global Λ/γ, the size decay δ_l, the last λ, the ECQx running relevance, the EC2T

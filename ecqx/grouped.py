@@ -1,0 +1,295 @@
+"""Entropy-constrained assignment of a whole group of tensors at once, without host synchronisation.
+
+The same maths as :mod:`ecqx.assign` (spec ecqx-ec2t.md §1, §2.3, §3.5) — and the same results, bit for bit —
+computed for all tensors of a :class:`~ecqx.layout.FlatLayout` together: per-tensor quantities (cluster counts,
+pmf, information content, λ_max, λ, penalties, sparsities, the ECQx β) are ``[T]`` or ``[T, K]`` device
+tensors, per-element quantities are flat buffers, and every loop runs over clusters or β trials, never over
+tensors or weights. Nothing here calls ``.item()``: a training step stays on the device.
+
+The grid of tensor ``t`` is row ``t`` of ``centroids`` (``[T + 1, K]`` float32, ascending, row ``T`` belongs
+to the layout's padding) with its zero cluster at ``zero_index[t]``.
+
+ECQx's β search (spec §3.5) is the reference's sequential search run for every tensor in lock step: all 51
+trials are evaluated, and a tensor whose search has ended keeps its β, so the outcome equals the per-tensor
+search that stops at its first admissible trial.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ecqx._checks import check_choice
+from ecqx.assign import BETA_EVALUATIONS, EMPTY_CLUSTER_RULES, RELEVANCE_EPS
+from ecqx.entropy import LAMBDA_RULES, PMF_MODES, ZERO_FLOOR
+from ecqx.layout import FlatLayout
+
+
+@dataclass
+class GroupAssignment:
+    """Result of one group assignment: flat cluster indices and per-tensor statistics (device tensors)."""
+
+    indices: torch.Tensor
+    lam: torch.Tensor
+    lam_max: torch.Tensor
+    zero_fraction: torch.Tensor
+    zero_fraction_ecq: torch.Tensor
+    relevance_flips: torch.Tensor
+    beta: torch.Tensor | None = None
+
+
+@dataclass
+class _Summary:
+    """Per weight: cost of the zero cluster, and the cheapest cluster below and above zero."""
+
+    zero_cost: torch.Tensor
+    below_cost: torch.Tensor
+    below_index: torch.Tensor
+    above_cost: torch.Tensor
+    above_index: torch.Tensor
+
+
+def _column(table: torch.Tensor, k: int, layout: FlatLayout) -> torch.Tensor:
+    return table[:, k].index_select(0, layout.segment)
+
+
+def nearest_uniform(w: torch.Tensor, layout: FlatLayout, centroids: torch.Tensor) -> torch.Tensor:
+    """Nearest cluster of every weight on equally spaced grids (first index on ties), O(N).
+
+    Only the two clusters around (w − c_0)/Δ are compared, as :func:`ecqx.assign.nearest_indices` does; the
+    inverse spacing is rounded to float32 exactly as a Python scalar multiplying a float32 tensor is.
+    """
+    k = centroids.shape[1]
+    spacing = centroids[:, -1].double() - centroids[:, 0].double()
+    inverse = torch.where(spacing > 0, (k - 1) / spacing, 0.0).to(torch.float32)
+    first = centroids[:, 0]
+    low = ((w - layout.gather(first)) * layout.gather(inverse)).floor_().clamp_(0, k - 2).to(torch.int64)
+    flat = centroids.reshape(-1)
+    base = layout.segment * k
+    high_value = flat.index_select(0, base + low + 1)
+    low_value = flat.index_select(0, base + low)
+    take_high = (w - high_value).square_() < (w - low_value).square_()
+    return low.add_(take_high)
+
+
+def nearest_dense(w: torch.Tensor, layout: FlatLayout, centroids: torch.Tensor) -> torch.Tensor:
+    """Nearest cluster of every weight by comparing all K clusters (first index on ties)."""
+    best_cost = best_index = None
+    for k in range(centroids.shape[1]):
+        cost = (w - _column(centroids, k, layout)).square_()
+        if best_cost is None:
+            best_cost, best_index = cost, torch.zeros_like(w, dtype=torch.int64)
+            continue
+        better = cost < best_cost
+        best_cost = torch.where(better, cost, best_cost)
+        best_index = torch.where(better, k, best_index)
+    return best_index
+
+
+def cluster_pmf_rows(counts: torch.Tensor, zero_index: torch.Tensor, mode: str) -> torch.Tensor:
+    """Row-wise :func:`ecqx.entropy.cluster_pmf` (50 % zero floor, clean or faithful update), float64."""
+    check_choice("pmf mode", mode, PMF_MODES)
+    counts = counts.to(torch.float64)
+    pmf = counts / counts.sum(dim=1, keepdim=True)
+    rows = torch.arange(pmf.shape[0], device=pmf.device)
+    p_zero = pmf[rows, zero_index]
+    rest = 1.0 - p_zero
+    raise_zero = (p_zero < ZERO_FLOOR) & (rest > 0)
+    k = torch.arange(pmf.shape[1], device=pmf.device)
+    if mode == "clean":
+        floored = pmf * (ZERO_FLOOR / rest)[:, None]
+    else:
+        deficit_before = ZERO_FLOOR - p_zero
+        p_zero_updated = p_zero - p_zero / rest * deficit_before
+        deficit_after = ZERO_FLOOR - p_zero_updated
+        below = (1.0 - deficit_before / rest)[:, None]
+        above = (1.0 - deficit_after / rest)[:, None]
+        factors = torch.where(k < zero_index[:, None], below, torch.where(k > zero_index[:, None], above, 1.0))
+        floored = pmf * factors
+    floored = torch.where(k == zero_index[:, None], ZERO_FLOOR, floored)
+    return torch.where(raise_zero[:, None], floored, pmf)
+
+
+def _side_lambda(w_ext: torch.Tensor, centroid: torch.Tensor, info_side: torch.Tensor, info_zero: torch.Tensor,
+                 present: torch.Tensor, rule: str) -> torch.Tensor:
+    """λ of one side per tensor, NaN where the side takes no part (see :func:`ecqx.entropy.lambda_max`)."""
+    denominator = info_side - info_zero
+    valid = present & (denominator > 0) & torch.isfinite(denominator)
+    if rule == "thesis":
+        value = (w_ext.square() - (w_ext - centroid).square()) / denominator
+    else:
+        value = ((centroid - w_ext).square() - (0.0 - w_ext)).square() / denominator
+    return torch.where(valid, value, math.nan)
+
+
+def lambda_max_rows(w_min: torch.Tensor, w_max: torch.Tensor, centroids: torch.Tensor, used: torch.Tensor,
+                    info: torch.Tensor, zero_index: torch.Tensor, rule: str) -> torch.Tensor:
+    """Row-wise :func:`ecqx.entropy.lambda_max` (float64 ``[T]``)."""
+    check_choice("lambda rule", rule, LAMBDA_RULES)
+    t, k = used.shape
+    rows = torch.arange(t, device=used.device)
+    position = torch.arange(k, device=used.device)
+    below = used & (position < zero_index[:, None])
+    above = used & (position > zero_index[:, None])
+    low = torch.where(below, position, k).amin(dim=1).clamp_(max=k - 1)
+    high = torch.where(above, position, -1).amax(dim=1).clamp_(min=0)
+    c = centroids[:t].double()
+    info_zero = info[rows, zero_index]
+    sides = torch.stack([
+        _side_lambda(w_min.double(), c[rows, low], info[rows, low], info_zero, below.any(dim=1), rule),
+        _side_lambda(w_max.double(), c[rows, high], info[rows, high], info_zero, above.any(dim=1), rule),
+    ])
+    if rule == "thesis":
+        value = torch.where(torch.isnan(sides), math.inf, sides).amin(dim=0)
+    else:
+        value = torch.where(torch.isnan(sides), -math.inf, sides).amax(dim=0)
+    value = torch.where(torch.isnan(sides).all(dim=0), 0.0, value)
+    return value.clamp(min=0.0)
+
+
+def entropy_penalty(w: torch.Tensor, layout: FlatLayout, centroids: torch.Tensor, zero_index: torch.Tensor,
+                    lam_decay: torch.Tensor, pmf_mode: str, lambda_rule: str, empty_clusters: str,
+                    nearest: torch.Tensor):
+    """``(penalty [T+1, K] float32, λ [T], λ_max [T])`` from the nearest-level pre-assignment ``nearest``.
+
+    ``lam_decay`` is Λ·δ_l per tensor (float64); penalty = λ·I_c, zero everywhere where λ = 0.
+    """
+    check_choice("empty_clusters", empty_clusters, EMPTY_CLUSTER_RULES)
+    k = centroids.shape[1]
+    counts = layout.count(nearest, k)
+    used = counts > 0
+    if empty_clusters == "count_one":
+        counts = counts.clamp(min=1)
+    info = -torch.log2(cluster_pmf_rows(counts, zero_index, pmf_mode))
+    lam_max = lambda_max_rows(layout.amin(w), layout.amax(w), centroids, used, info, zero_index, lambda_rule)
+    lam = lam_decay * lam_max
+    penalty = torch.where(lam[:, None] == 0, 0.0, lam[:, None] * info).to(torch.float32)
+    penalty = torch.cat([penalty, penalty.new_zeros(1, k)])
+    return penalty, lam, lam_max
+
+
+def argmin_cost(w: torch.Tensor, layout: FlatLayout, centroids: torch.Tensor,
+                penalty: torch.Tensor) -> torch.Tensor:
+    """argmin_c (w − value_c)² + penalty_c per weight, first index on ties (float32, as the per-tensor path)."""
+    best_cost = best_index = None
+    for k in range(centroids.shape[1]):
+        cost = (w - _column(centroids, k, layout)).square_().add_(_column(penalty, k, layout))
+        if best_cost is None:
+            best_cost, best_index = cost, torch.zeros_like(w, dtype=torch.int64)
+            continue
+        better = cost < best_cost
+        best_cost = torch.where(better, cost, best_cost)
+        best_index = torch.where(better, k, best_index)
+    return best_index
+
+
+def _summarise(w: torch.Tensor, layout: FlatLayout, centroids: torch.Tensor, penalty: torch.Tensor,
+               zero_index: torch.Tensor) -> _Summary:
+    k_all = centroids.shape[1]
+    zero_row = torch.cat([zero_index, zero_index.new_zeros(1)])
+    zero_element = layout.gather(zero_row)
+    flat_index = layout.segment * k_all + zero_element
+    zero_cost = (w - centroids.reshape(-1).index_select(0, flat_index)).square() + \
+        penalty.reshape(-1).index_select(0, flat_index)
+    position = torch.arange(k_all, device=w.device)
+    side_penalty = {
+        "below": torch.where(position < zero_row[:, None], penalty, math.inf),
+        "above": torch.where(position > zero_row[:, None], penalty, math.inf),
+    }
+    best = {}
+    for side, table in side_penalty.items():
+        best_cost = torch.full_like(w, math.inf)
+        best_index = torch.zeros_like(w, dtype=torch.int64)
+        for k in range(k_all):
+            cost = (w - _column(centroids, k, layout)).square_().add_(_column(table, k, layout))
+            better = cost < best_cost
+            best_cost = torch.where(better, cost, best_cost)
+            best_index = torch.where(better, k, best_index)
+        best[side] = (best_cost, best_index)
+    return _Summary(zero_cost, *best["below"], *best["above"])
+
+
+def _argmin_with_zero_cost(s: _Summary, zero_cost: torch.Tensor, zero_element: torch.Tensor) -> torch.Tensor:
+    take_below = s.below_cost <= torch.minimum(zero_cost, s.above_cost)
+    take_zero = ~take_below & (zero_cost <= s.above_cost)
+    out = torch.where(take_below, s.below_index, s.above_index)
+    return torch.where(take_zero, zero_element, out)
+
+
+def _fraction(layout: FlatLayout, mask: torch.Tensor) -> torch.Tensor:
+    return layout.count_true(mask).to(torch.float64) / layout.numel_tensor.to(torch.float64)
+
+
+def normalised_relevance(layout: FlatLayout, relevance: torch.Tensor):
+    """``(r, informative)``: r = |R| / (max|R| + 1e-12) per tensor; ``informative[t]`` false where R is constant."""
+    magnitude = relevance.detach().abs().to(torch.float32)
+    low, high = layout.amin(magnitude), layout.amax(magnitude)
+    r = magnitude / layout.gather(torch.cat([high, high.new_ones(1)]) + RELEVANCE_EPS)
+    return r, low != high
+
+
+def _beta_search(layout: FlatLayout, s: _Summary, r: torch.Tensor, searching: torch.Tensor,
+                 s_ecq: torch.Tensor, p: float):
+    """All tensors' β searches in lock step (module docstring); returns the final β per tensor (float64)."""
+    n = layout.numel_tensor.to(torch.float64)
+    mean_r = layout.sum(torch.where(layout.valid, r.double(), 0.0)) / n
+    beta = math.log(0.5) / torch.log(mean_r)
+    log_r = torch.log(r + RELEVANCE_EPS)
+    log_room = torch.log(torch.minimum(s.below_cost, s.above_cost) / (2.0 * s.zero_cost))
+    low_bound = s_ecq - p
+    done = ~searching
+    for iteration in range(BETA_EVALUATIONS):
+        beta_element = layout.gather(torch.cat([beta.to(torch.float32), beta.new_zeros(1, dtype=torch.float32)]))
+        trial = beta_element * log_r
+        s_x = layout.count_true(trial < log_room).to(torch.float64) / n
+        zero_cost = s.zero_cost * (2.0 * torch.exp(trial))
+        is_zero = (zero_cost < s.below_cost) & (zero_cost <= s.above_cost)
+        exact = layout.count_true(is_zero).to(torch.float64) / n
+        s_x = torch.where((low_bound <= s_x) & (s_x <= s_ecq), exact, s_x)
+        finished = (low_bound <= s_x) & (s_x <= s_ecq)
+        if iteration == BETA_EVALUATIONS - 1:
+            break
+        done = done | finished
+        step = 0.1 if iteration < 20 else 0.5 if iteration < 40 else 0.75
+        direction = torch.sign(s_ecq - s_x)
+        beta = torch.where(done, beta, torch.clamp(beta * (1.0 + step * direction), max=1.0))
+    return beta
+
+
+def group_assign(w: torch.Tensor, layout: FlatLayout, centroids: torch.Tensor, zero_index: torch.Tensor,
+                 lam_decay: torch.Tensor, pmf_mode: str = "clean", lambda_rule: str = "thesis",
+                 empty_clusters: str = "forbid", uniform: bool = True, relevance: torch.Tensor | None = None,
+                 p: float = 0.1) -> GroupAssignment:
+    """Entropy-constrained assignment of every tensor of ``layout`` (ECQ, ECQx with ``relevance``, EC2T).
+
+    Same arguments and results as :func:`ecqx.assign.ec_assign` applied to each tensor: ``w`` is the flat
+    float32 buffer, ``uniform`` says the grids are equally spaced (the O(N) nearest-level pre-assignment).
+    """
+    nearest = (nearest_uniform if uniform else nearest_dense)(w, layout, centroids)
+    penalty, lam, lam_max = entropy_penalty(w, layout, centroids, zero_index, lam_decay, pmf_mode, lambda_rule,
+                                            empty_clusters, nearest)
+    zero_element = layout.gather(torch.cat([zero_index, zero_index.new_zeros(1)]))
+    flips = torch.zeros_like(layout.numel_tensor)
+    if relevance is None:
+        indices = argmin_cost(w, layout, centroids, penalty)
+        s_ecq = _fraction(layout, indices == zero_element)
+        return GroupAssignment(indices, lam, lam_max, s_ecq, s_ecq, flips)
+    summary = _summarise(w, layout, centroids, penalty, zero_index)
+    indices = _argmin_with_zero_cost(summary, summary.zero_cost, zero_element)
+    s_ecq = _fraction(layout, indices == zero_element)
+    r, informative = normalised_relevance(layout, relevance)
+    searching = informative & (s_ecq > p)
+    beta = _beta_search(layout, summary, r, searching, s_ecq, p)
+    beta_element = layout.gather(torch.cat([beta.to(torch.float32), beta.new_zeros(1, dtype=torch.float32)]))
+    zero_cost = summary.zero_cost * (2.0 * torch.exp(beta_element * torch.log(r + RELEVANCE_EPS)))
+    relevant = _argmin_with_zero_cost(summary, zero_cost, zero_element)
+    relevant = torch.where(layout.gather(torch.cat([searching, searching.new_zeros(1)])), relevant, indices)
+    flips = layout.count_true(relevant != indices)
+    return GroupAssignment(relevant, lam, lam_max, _fraction(layout, relevant == zero_element), s_ecq, flips,
+                           torch.where(searching, beta, math.nan))
+
+
+__all__ = ["GroupAssignment", "group_assign", "nearest_uniform", "nearest_dense", "cluster_pmf_rows",
+           "lambda_max_rows", "entropy_penalty", "argmin_cost", "normalised_relevance"]
