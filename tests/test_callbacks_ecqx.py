@@ -80,18 +80,19 @@ def test_running_relevance_drives_the_assignment():
     callback = ECQx(bits=4, lam=0.3, p=0.2, relevance_every_n_steps=1)
     module, trainer = _fit(callback, batches=3)
     weights = params(module)
-    for name in callback.targets:
-        state = callback.tensor_states[name]
+    group = callback.group
+    for t, name in enumerate(callback.targets):
+        grid = group.grids[t]
         expected = assign(
             callback.shadows[name],
-            state.grid,
+            grid,
             0.3,
-            state.decay,
+            group.decays[t],
             "clean",
             relevance=callback.relevances[name],
             p=0.2,
         )
-        assert torch.equal(callback.levels[name], levels_of(expected, state.grid))
+        assert torch.equal(callback.levels[name], levels_of(expected, grid))
         assert torch.equal(weights[name], callback.quantized_tensors()[name].dequantize())
     assert "quant/relevance_flips" in trainer.callback_metrics
 
