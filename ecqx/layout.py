@@ -11,7 +11,7 @@ tensor operations whatever the number of tensors. :class:`FlatLayout` describes 
 * :meth:`views` gives each tensor's view of a buffer in its own shape (for ``torch._foreach_*`` copies).
 
 Reductions per tensor never synchronise with the host and give the same result on every run and every rank:
-integer counts (``bincount``) are exact; minima and maxima do not depend on order; floating-point sums are
+integer counts (``index_add_`` of ones) are exact; minima and maxima do not depend on order; floating-point sums are
 taken in float64 over fixed blocks (a dense ``sum`` over ``[blocks, block]``, then over each tensor's blocks),
 never with atomics.
 """
@@ -103,7 +103,9 @@ class FlatLayout:
     def count(self, codes: torch.Tensor, num_codes: int) -> torch.Tensor:
         """``[T, num_codes]`` int64 histogram of per-element integer ``codes`` in ``0..num_codes-1``."""
         flat = self.segment * num_codes + codes
-        counts = torch.bincount(flat, minlength=(self.num_tensors + 1) * num_codes)
+        # index_add_ of integers is exact in any order; bincount would ask the host for the largest code on CUDA
+        counts = torch.zeros((self.num_tensors + 1) * num_codes, dtype=torch.int64, device=flat.device)
+        counts.index_add_(0, flat, torch.ones_like(flat))
         return counts.view(self.num_tensors + 1, num_codes)[:self.num_tensors]
 
     def count_true(self, mask: torch.Tensor) -> torch.Tensor:
