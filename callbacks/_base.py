@@ -30,13 +30,17 @@ builds the grids from the current weights, clones the shadows and writes the fir
 All quantized tensors form one group state (:class:`ecqx.group_state.UniformGroup` for ECQ/ECQx,
 :class:`ecqx.group_state.TernaryGroup` for EC2T): flat shadow, quantized-value and gradient buffers, grids and
 statistics on the device. A steady-state step is a fixed number of tensor operations whatever the number of
-tensors (grouped ``torch._foreach_copy_`` for every swap between parameters and buffers) and never waits for the
+tensors (grouped ``torch._foreach_copy_`` for every swap between parameters and buffers) and never waits for
+the
 device; statistics come to the host only at epoch ends (logging) and when asked (:meth:`summary`, export).
 
-Checkpoints: :meth:`QuantizationCallback.state_dict` holds the phase, the step counter and the group state's own
-``state_dict()`` (per tensor: grid, shadow, levels and the method's fields — running relevance, EC2T magnitudes;
+Checkpoints: :meth:`QuantizationCallback.state_dict` holds the phase, the step counter and the group state's
+own
+``state_dict()`` (per tensor: grid, shadow, levels and the method's fields — running relevance, EC2T
+magnitudes;
 plus the EC2T magnitude optimizer). Checkpoints written before the grouped state (per-tensor entries under
-``"tensors"``) load through the same path. A run resumed with ``ckpt_path=`` continues from exactly that state. DDP: gradients reach ``on_before_optimizer_step``
+``"tensors"``) load through the same path. A run resumed with ``ckpt_path=`` continues from exactly that
+state. DDP: gradients reach ``on_before_optimizer_step``
 already all-reduced, so every rank steps identical shadows and the deterministic assignment gives identical
 quantized weights; ECQx relevances are averaged over ranks before use.
 

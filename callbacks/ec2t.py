@@ -142,7 +142,8 @@ def _grouped_adam_state(state: dict[str, Any], num_tensors: int) -> dict[str, An
         return state
     if len(state["param_groups"]) != 1 or len(params) != 2 * num_tensors:
         raise ValueError(
-            f"the checkpoint's EC2T magnitude optimizer holds {len(params)} parameters; expected 1 (grouped) or "
+            f"the checkpoint's EC2T magnitude optimizer holds {len(params)} parameters; expected 1 "
+            "(grouped) or "
             f"{2 * num_tensors} (per-tensor, 2 per quantized tensor). HINT: resume with the same model and "
             "include/exclude arguments, or start a fresh run."
         )
@@ -150,8 +151,12 @@ def _grouped_adam_state(state: dict[str, Any], num_tensors: int) -> dict[str, An
     if any(entry is None for entry in per_param):
         grouped_state = {}
     else:
-        grouped_state = {0: {key: (value if key == "step" else
-                                   torch.stack([e[key].reshape(()) for e in per_param]).reshape(num_tensors, 2))
+        grouped_state = {0: {key: value if key == "step" else _stacked(per_param, key, num_tensors)
                              for key, value in per_param[0].items()}}
     group = dict(state["param_groups"][0], params=[0])
     return {"state": grouped_state, "param_groups": [group]}
+
+
+def _stacked(per_param: list[dict[str, Any]], key: str, num_tensors: int) -> torch.Tensor:
+    """The per-magnitude values of ``key`` as one ``[T, 2]`` tensor (w_n, w_p per row)."""
+    return torch.stack([entry[key].reshape(()) for entry in per_param]).reshape(num_tensors, 2)

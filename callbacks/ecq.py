@@ -2,7 +2,8 @@
 
 The maths is :class:`ecqx.group_state.UniformGroup` (grids :func:`ecqx.grid.uniform_grid` snapped to an NNC
 step, the assignment of :func:`ecqx.assign.assign` for all tensors at once, the straight-through rule of
-:func:`ecqx.ste.ste_gradient`, running relevance); relevances come from :func:`ecqx.relevance.weight_relevances`; the shadow-weight mechanics are in
+:func:`ecqx.ste.ste_gradient`, running relevance); relevances come from
+:func:`ecqx.relevance.weight_relevances`; the shadow-weight mechanics are in
 :mod:`ecqx.callbacks._base`.
 
 ECQx relevances (spec ecqx-ec2t.md §3.1): after the shadow step and before the re-assignment, every

@@ -16,10 +16,10 @@ This package is the pure tensor maths; the codec is :mod:`ecqx.coding`, the Ligh
 from ecqx.assign import Assignment, assign, ec_assign, levels_of, values_of
 from ecqx.entropy import cluster_pmf, information_content, lambda_max, size_decay
 from ecqx.grid import Grid, snap_grid, uniform_grid
+from ecqx.group_state import QuantizerGroup, TernaryGroup, UniformGroup
 from ecqx.oneshot import quantize
 from ecqx.quantized import QuantizedTensor, export_levels
 from ecqx.relevance import weight_relevances
-from ecqx.group_state import QuantizerGroup, TernaryGroup, UniformGroup
 from ecqx.ste import make_shadow, ste_gradient
 from ecqx.stepsize import nnc_step_size, snap_step
 from ecqx.targets import select_targets

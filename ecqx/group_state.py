@@ -5,10 +5,13 @@ All quantized tensors of a model form one group. Its element-wise state lives in
 its per-tensor state in ``[T]`` device tensors (λ, sparsity, EC2T magnitudes and levels), and one training
 step is a fixed sequence of tensor operations that never waits for the device:
 
-    group = UniformGroup(names, shapes, bits=4, lam=0.05)       # ECQ / ECQx (relevance=True); TernaryGroup: EC2T
-    group.initialise(weights)                                  # grids from the weights, shadows, first assignment
+    group = UniformGroup(names, shapes, bits=4, lam=0.05)       # ECQ / ECQx (relevance=True); TernaryGroup:
+    EC2T
+    group.initialise(weights)                                  # grids from the weights, shadows, first
+    assignment
     ...  # forward/backward on group.quantized (the model's parameters hold these values)
-    shadow_grad = group.shadow_gradient(grad)                  # flat gradient on the quantized values -> shadows
+    shadow_grad = group.shadow_gradient(grad)                  # flat gradient on the quantized values ->
+    shadows
     ...  # the optimizer steps the shadows; the stepped values come back into group.shadow
     group.update_relevance(relevance)                          # ECQx (flat relevances)
     group.step_magnitudes(optimizer)                           # EC2T (Adam on the magnitudes, then the floor)
@@ -28,7 +31,6 @@ does not depend on the layout.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -69,7 +71,8 @@ class TensorStatistics:
 
 
 class QuantizerGroup(Protocol):
-    """What the callbacks need from a group state (implemented by :class:`UniformGroup`, :class:`TernaryGroup`)."""
+    """What the callbacks need from a group state (implemented by :class:`UniformGroup`,
+    :class:`TernaryGroup`)."""
 
     names: list[str]
     layout: FlatLayout
@@ -96,12 +99,11 @@ class _GroupBase:
 
     method = "base"
 
-    def __init__(self, names: Sequence[str], shapes: Sequence[torch.Size], lam: float, mode: str,
-                 device=None) -> None:
+    def __init__(
+        self, names: Sequence[str], shapes: Sequence[torch.Size], lam: float, mode: str, device=None
+    ) -> None:
         check_mode(mode)
         check_nonnegative("lam", lam)
-        if not math.isfinite(lam):
-            raise ValueError(f"lam must be finite, got {lam!r}")
         if len(names) != len(shapes) or len(set(names)) != len(names):
             raise ValueError(f"need one distinct name per shape, got {list(names)} for {len(shapes)} shapes")
         self.names = list(names)
@@ -110,8 +112,9 @@ class _GroupBase:
         self.mode = mode
         largest = max(self.layout.numels)
         self.decays = [size_decay(n, largest) for n in self.layout.numels]
-        self._lam_decay = torch.tensor([self.lam * d for d in self.decays], dtype=torch.float64,
-                                       device=self.layout.device)
+        self._lam_decay = torch.tensor(
+            [self.lam * d for d in self.decays], dtype=torch.float64, device=self.layout.device
+        )
         self._allocate()
         self.indices: torch.Tensor | None = None
         zeros = torch.zeros(len(self.names), dtype=torch.float64, device=self.layout.device)
@@ -146,7 +149,9 @@ class _GroupBase:
             raise ValueError(f"expected {len(self.names)} weight tensors, got {len(weights)}")
         for name, w, shape in zip(self.names, weights, self.layout.shapes, strict=True):
             if w.shape != shape:
-                raise ValueError(f"tensor {name!r} has shape {tuple(w.shape)}, the group expects {tuple(shape)}")
+                raise ValueError(
+                    f"tensor {name!r} has shape {tuple(w.shape)}, the group expects {tuple(shape)}"
+                )
             if not w.is_floating_point():
                 raise TypeError(f"tensor {name!r} must be a float tensor, got {w.dtype}")
             if not bool(torch.isfinite(w).all()):
@@ -183,9 +188,13 @@ class _GroupBase:
         out = {}
         for t, name in enumerate(self.names):
             pmf = counts[t][counts[t] > 0].double() / numel[t]
-            out[name] = TensorStatistics(numel=numel[t], zeros=int(counts[t, zero_index[t]]),
-                                         entropy_bits=float(-(pmf * torch.log2(pmf)).sum()), lam=lam[t],
-                                         relevance_flips=int(flips[t]))
+            out[name] = TensorStatistics(
+                numel=numel[t],
+                zeros=int(counts[t, zero_index[t]]),
+                entropy_bits=float(-(pmf * torch.log2(pmf)).sum()),
+                lam=lam[t],
+                relevance_flips=int(flips[t]),
+            )
         return out
 
     # ------------------------------------------------------------------ checkpoint
@@ -195,26 +204,40 @@ class _GroupBase:
         levels = self.levels()
         tensors = {}
         for t, name in enumerate(self.names):
-            tensors[name] = {"shadow": shadows[t], "levels": levels[name], "decay": self.decays[t],
-                             **self._tensor_entry(t)}
-        return {"method": self.method, "mode": self.mode, "lam": self.lam, "tensors": tensors,
-                **self._group_entry()}
+            tensors[name] = {
+                "shadow": shadows[t],
+                "levels": levels[name],
+                "decay": self.decays[t],
+                **self._tensor_entry(t),
+            }
+        return {
+            "method": self.method,
+            "mode": self.mode,
+            "lam": self.lam,
+            "tensors": tensors,
+            **self._group_entry(),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` output (also the per-tensor entries of earlier checkpoints)."""
         tensors = state.get("tensors")
         if not isinstance(tensors, dict) or set(tensors) != set(self.names):
             found = sorted(tensors) if isinstance(tensors, dict) else tensors
-            raise ValueError(f"{type(self).__name__}.load_state_dict: the state holds tensors {found}, the group "
-                             f"quantizes {self.names}")
+            raise ValueError(
+                f"{type(self).__name__}.load_state_dict: the state holds tensors {found}, the group "
+                f"quantizes {self.names}"
+            )
         entries = [tensors[name] for name in self.names]
         for name, entry in zip(self.names, entries, strict=True):
             missing = {"shadow", "levels", *self._entry_fields()} - set(entry)
             if missing:
-                raise KeyError(f"{type(self).__name__}.load_state_dict: tensor {name!r} lacks {sorted(missing)}")
+                raise KeyError(
+                    f"{type(self).__name__}.load_state_dict: tensor {name!r} lacks {sorted(missing)}"
+                )
         self.decays = [float(e.get("decay", d)) for e, d in zip(entries, self.decays, strict=True)]
-        self._lam_decay = torch.tensor([self.lam * d for d in self.decays], dtype=torch.float64,
-                                       device=self.device)
+        self._lam_decay = torch.tensor(
+            [self.lam * d for d in self.decays], dtype=torch.float64, device=self.device
+        )
         self.set_shadow([e["shadow"].to(device=self.device, dtype=torch.float32) for e in entries])
         self._load_entries(entries, state)
         levels = self.layout.flatten([e["levels"].to(self.device) for e in entries], dtype=torch.int64)
@@ -273,11 +296,21 @@ class UniformGroup(_GroupBase):
         ste_scale: straight-through rule (default by mode). percentile, snap_rtol: grid construction.
     """
 
-    def __init__(self, names: Sequence[str], shapes: Sequence[torch.Size], bits: int = 4, lam: float = 0.05,
-                 mode: str = "clean", relevance: bool = False, p: float = DEFAULT_P,
-                 relevance_alpha: float = DEFAULT_ALPHA, ste_scale: str | None = None,
-                 percentile: float = DEFAULT_PERCENTILE, snap_rtol: float = DEFAULT_SNAP_RTOL,
-                 device=None) -> None:
+    def __init__(
+        self,
+        names: Sequence[str],
+        shapes: Sequence[torch.Size],
+        bits: int = 4,
+        lam: float = 0.05,
+        mode: str = "clean",
+        relevance: bool = False,
+        p: float = DEFAULT_P,
+        relevance_alpha: float = DEFAULT_ALPHA,
+        ste_scale: str | None = None,
+        percentile: float = DEFAULT_PERCENTILE,
+        snap_rtol: float = DEFAULT_SNAP_RTOL,
+        device=None,
+    ) -> None:
         super().__init__(names, shapes, lam, mode, device)
         check_nonnegative("p", p)
         if not 0 <= relevance_alpha <= 1:
@@ -293,8 +326,12 @@ class UniformGroup(_GroupBase):
     def initialise(self, weights: Sequence[torch.Tensor]) -> None:
         """Grids (snapped to NNC steps) from ``weights``, shadows = weights, and the first assignment."""
         self._check_weights(weights)
-        grids = [uniform_grid(w.detach(), self.bits, self.mode, percentile=self.percentile,
-                              snap_rtol=self.snap_rtol) for w in weights]
+        grids = [
+            uniform_grid(
+                w.detach(), self.bits, self.mode, percentile=self.percentile, snap_rtol=self.snap_rtol
+            )
+            for w in weights
+        ]
         self._set_grids([snap_grid(g, self.snap_rtol) for g in grids])
         self.set_shadow(weights)
         self.requantize()
@@ -327,10 +364,13 @@ class UniformGroup(_GroupBase):
         return True
 
     def update_relevance(self, relevance: torch.Tensor) -> None:
-        """Running relevance R ← (1 − α)·R_batch + α·R from a flat relevance buffer; the first batch sets R."""
+        """Running relevance R ← (1 − α)·R_batch + α·R from a flat relevance buffer; the first batch sets
+        R."""
         if relevance.shape != self.shadow.shape:
-            raise ValueError(f"relevance buffer has shape {tuple(relevance.shape)}, the group's is "
-                             f"{tuple(self.shadow.shape)}")
+            raise ValueError(
+                f"relevance buffer has shape {tuple(relevance.shape)}, the group's is "
+                f"{tuple(self.shadow.shape)}"
+            )
         relevance = relevance.detach().to(torch.float32)
         if self.relevance is None:
             self.relevance = relevance.clone()
@@ -344,9 +384,19 @@ class UniformGroup(_GroupBase):
     def requantize(self) -> None:
         """Entropy-constrained re-assignment of every tensor from the shadows; updates ``quantized``."""
         relevance = self.relevance if self.method == "ecqx" else None
-        result = group_assign(self.shadow, self.layout, self._centroid_table, self._zero_index, self._lam_decay,
-                              pmf_mode=self.mode, lambda_rule="thesis" if self.mode == "clean" else "coded",
-                              empty_clusters="forbid", uniform=True, relevance=relevance, p=self.p)
+        result = group_assign(
+            self.shadow,
+            self.layout,
+            self._centroid_table,
+            self._zero_index,
+            self._lam_decay,
+            pmf_mode=self.mode,
+            lambda_rule="thesis" if self.mode == "clean" else "coded",
+            empty_clusters="forbid",
+            uniform=True,
+            relevance=relevance,
+            p=self.p,
+        )
         self._record(result)
         self._write_quantized(result.indices)
 
@@ -355,8 +405,10 @@ class UniformGroup(_GroupBase):
 
     def export(self) -> dict[str, QuantizedTensor]:
         """``{name: QuantizedTensor}`` of the current assignment (exactly the trained values)."""
-        return {name: QuantizedTensor(levels, grid.qp, grid.qp_density)
-                for (name, levels), grid in zip(self.levels().items(), self.grids, strict=True)}
+        return {
+            name: QuantizedTensor(levels, grid.qp, grid.qp_density)
+            for (name, levels), grid in zip(self.levels().items(), self.grids, strict=True)
+        }
 
     def relevances(self) -> dict[str, torch.Tensor]:
         """The running relevance of every tensor, by name (empty before the first update of an epoch)."""
@@ -368,8 +420,9 @@ class UniformGroup(_GroupBase):
     def _tensor_entry(self, t: int) -> dict[str, Any]:
         entry = {"grid": self.grids[t].to_dict()}
         if self.method == "ecqx":
-            entry["relevance"] = None if self.relevance is None else \
-                self.layout.views(self.relevance)[t].clone()
+            entry["relevance"] = (
+                None if self.relevance is None else self.layout.views(self.relevance)[t].clone()
+            )
         return entry
 
     def _entry_fields(self) -> tuple[str, ...]:
@@ -394,9 +447,17 @@ class TernaryGroup(_GroupBase):
 
     method = "ec2t"
 
-    def __init__(self, names: Sequence[str], shapes: Sequence[torch.Size], gamma: float = 0.15,
-                 mode: str = "clean", init_scale: float = DEFAULT_INIT_SCALE,
-                 resolution: int = DEFAULT_RESOLUTION, snap_rtol: float = DEFAULT_SNAP_RTOL, device=None) -> None:
+    def __init__(
+        self,
+        names: Sequence[str],
+        shapes: Sequence[torch.Size],
+        gamma: float = 0.15,
+        mode: str = "clean",
+        init_scale: float = DEFAULT_INIT_SCALE,
+        resolution: int = DEFAULT_RESOLUTION,
+        snap_rtol: float = DEFAULT_SNAP_RTOL,
+        device=None,
+    ) -> None:
         super().__init__(names, shapes, gamma, mode, device)
         self.init_scale, self.resolution, self.snap_rtol = init_scale, resolution, snap_rtol
         self.phase = "assign"
@@ -414,7 +475,9 @@ class TernaryGroup(_GroupBase):
             magnitudes.append((w_n, w_p))
             steps.append(ternary_step(w_n, w_p, self.resolution, snap_rtol=self.snap_rtol))
         self._set_steps(steps)
-        self.magnitudes = torch.tensor(magnitudes, dtype=torch.float32, device=self.device).requires_grad_(True)
+        self.magnitudes = torch.tensor(magnitudes, dtype=torch.float32, device=self.device).requires_grad_(
+            True
+        )
         self.set_shadow(weights)
         self.requantize()
 
@@ -431,7 +494,9 @@ class TernaryGroup(_GroupBase):
         floor = FLOOR_FACTOR * self.layout.std(self.shadow)
         rounded = torch.round(self.magnitudes.detach().double() / step)
         at_floor = torch.ceil(floor[:, None] / step - 1e-9)
-        self._multiples = torch.maximum(torch.maximum(rounded, at_floor), torch.ones_like(rounded)).to(torch.int64)
+        self._multiples = torch.maximum(torch.maximum(rounded, at_floor), torch.ones_like(rounded)).to(
+            torch.int64
+        )
 
     def _level_table(self) -> torch.Tensor:
         a, b = self._multiples[:, 0], self._multiples[:, 1]
@@ -452,8 +517,9 @@ class TernaryGroup(_GroupBase):
         if self.indices is None:
             raise RuntimeError("call initialise() before shadow_gradient() for a TernaryGroup")
         magnitude = (self._multiples.double() * self._step64[:, None]).to(torch.float32)
-        scale = _with_padding_row(torch.stack([magnitude[:, 0], torch.ones_like(magnitude[:, 0]),
-                                               magnitude[:, 1]], dim=1))
+        scale = _with_padding_row(
+            torch.stack([magnitude[:, 0], torch.ones_like(magnitude[:, 0]), magnitude[:, 1]], dim=1)
+        )
         grad = self.grad
         sum_neg = self.layout.masked_sum(grad, self.indices == NEGATIVE).to(grad.dtype)
         sum_pos = self.layout.masked_sum(grad, self.indices == POSITIVE).to(grad.dtype)
@@ -483,9 +549,19 @@ class TernaryGroup(_GroupBase):
         centroids = self._centroids()
         if self.phase == "assign" or self.indices is None:
             zero_index = torch.ones(len(self.names), dtype=torch.int64, device=self.device)
-            self._record(group_assign(self.shadow, self.layout, centroids, zero_index, self._lam_decay,
-                                      pmf_mode=self.mode, lambda_rule="thesis", empty_clusters="count_one",
-                                      uniform=False))
+            self._record(
+                group_assign(
+                    self.shadow,
+                    self.layout,
+                    centroids,
+                    zero_index,
+                    self._lam_decay,
+                    pmf_mode=self.mode,
+                    lambda_rule="thesis",
+                    empty_clusters="count_one",
+                    uniform=False,
+                )
+            )
         else:
             self.lam_layer = torch.zeros_like(self.lam_layer)
             self.relevance_flips = torch.zeros_like(self.relevance_flips)
@@ -497,20 +573,30 @@ class TernaryGroup(_GroupBase):
     def grids(self) -> list[Grid]:
         """The current ternary grid of every tensor (brings a, b to the host)."""
         multiples = self._multiples.cpu().tolist()
-        return [Grid(levels=(-a, 0, b), step=s, qp=qp, qp_density=d)
-                for (a, b), s, qp, d in zip(multiples, self.step, self.qp, self.qp_density, strict=True)]
+        return [
+            Grid(levels=(-a, 0, b), step=s, qp=qp, qp_density=d)
+            for (a, b), s, qp, d in zip(multiples, self.step, self.qp, self.qp_density, strict=True)
+        ]
 
     def export(self) -> dict[str, QuantizedTensor]:
         """``{name: QuantizedTensor}`` with codebook ``[−a, 0, b]`` (exactly the trained values)."""
-        return {name: QuantizedTensor(levels, grid.qp, grid.qp_density, codebook=grid.level_tensor())
-                for (name, levels), grid in zip(self.levels().items(), self.grids(), strict=True)}
+        return {
+            name: QuantizedTensor(levels, grid.qp, grid.qp_density, codebook=grid.level_tensor())
+            for (name, levels), grid in zip(self.levels().items(), self.grids(), strict=True)
+        }
 
     # ------------------------------------------------------------------ checkpoint
     def _tensor_entry(self, t: int) -> dict[str, Any]:
         grid = self.grids()[t]
-        return {"w_n": self.magnitudes[t, 0].detach().clone(), "w_p": self.magnitudes[t, 1].detach().clone(),
-                "qp": grid.qp, "qp_density": grid.qp_density, "step": grid.step,
-                "indices": self.layout.views(self.indices)[t].clone(), "grid": grid.to_dict()}
+        return {
+            "w_n": self.magnitudes[t, 0].detach().clone(),
+            "w_p": self.magnitudes[t, 1].detach().clone(),
+            "qp": grid.qp,
+            "qp_density": grid.qp_density,
+            "step": grid.step,
+            "indices": self.layout.views(self.indices)[t].clone(),
+            "grid": grid.to_dict(),
+        }
 
     def _group_entry(self) -> dict[str, Any]:
         return {"phase": self.phase}
@@ -521,8 +607,9 @@ class TernaryGroup(_GroupBase):
     def _load_entries(self, entries: list[dict[str, Any]], state: dict[str, Any]) -> None:
         grids = [Grid.from_dict(e["grid"]) for e in entries]
         self._set_steps([(g.qp, g.qp_density, g.step) for g in grids])
-        self._multiples = torch.tensor([[-g.levels[0], g.levels[2]] for g in grids], dtype=torch.int64,
-                                       device=self.device)
+        self._multiples = torch.tensor(
+            [[-g.levels[0], g.levels[2]] for g in grids], dtype=torch.int64, device=self.device
+        )
         magnitudes = torch.stack([torch.stack([e["w_n"].reshape(()), e["w_p"].reshape(())]) for e in entries])
         magnitudes = magnitudes.to(device=self.device, dtype=torch.float32)
         if self.magnitudes is None:

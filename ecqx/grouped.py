@@ -1,7 +1,8 @@
 """Entropy-constrained assignment of a whole group of tensors at once, without host synchronisation.
 
 The same maths as :mod:`ecqx.assign` (spec ecqx-ec2t.md §1, §2.3, §3.5) — and the same results, bit for bit —
-computed for all tensors of a :class:`~ecqx.layout.FlatLayout` together: per-tensor quantities (cluster counts,
+computed for all tensors of a :class:`~ecqx.layout.FlatLayout` together: per-tensor quantities (cluster
+counts,
 pmf, information content, λ_max, λ, penalties, sparsities, the ECQx β) are ``[T]`` or ``[T, K]`` device
 tensors, per-element quantities are flat buffers, and every loop runs over clusters or β trials, never over
 tensors or weights. Nothing here calls ``.item()``: a training step stays on the device.
@@ -106,14 +107,22 @@ def cluster_pmf_rows(counts: torch.Tensor, zero_index: torch.Tensor, mode: str) 
         deficit_after = ZERO_FLOOR - p_zero_updated
         below = (1.0 - deficit_before / rest)[:, None]
         above = (1.0 - deficit_after / rest)[:, None]
-        factors = torch.where(k < zero_index[:, None], below, torch.where(k > zero_index[:, None], above, 1.0))
+        factors = torch.where(
+            k < zero_index[:, None], below, torch.where(k > zero_index[:, None], above, 1.0)
+        )
         floored = pmf * factors
     floored = torch.where(k == zero_index[:, None], ZERO_FLOOR, floored)
     return torch.where(raise_zero[:, None], floored, pmf)
 
 
-def _side_lambda(w_ext: torch.Tensor, centroid: torch.Tensor, info_side: torch.Tensor, info_zero: torch.Tensor,
-                 present: torch.Tensor, rule: str) -> torch.Tensor:
+def _side_lambda(
+    w_ext: torch.Tensor,
+    centroid: torch.Tensor,
+    info_side: torch.Tensor,
+    info_zero: torch.Tensor,
+    present: torch.Tensor,
+    rule: str,
+) -> torch.Tensor:
     """λ of one side per tensor, NaN where the side takes no part (see :func:`ecqx.entropy.lambda_max`)."""
     denominator = info_side - info_zero
     valid = present & (denominator > 0) & torch.isfinite(denominator)
@@ -124,8 +133,15 @@ def _side_lambda(w_ext: torch.Tensor, centroid: torch.Tensor, info_side: torch.T
     return torch.where(valid, value, math.nan)
 
 
-def lambda_max_rows(w_min: torch.Tensor, w_max: torch.Tensor, centroids: torch.Tensor, used: torch.Tensor,
-                    info: torch.Tensor, zero_index: torch.Tensor, rule: str) -> torch.Tensor:
+def lambda_max_rows(
+    w_min: torch.Tensor,
+    w_max: torch.Tensor,
+    centroids: torch.Tensor,
+    used: torch.Tensor,
+    info: torch.Tensor,
+    zero_index: torch.Tensor,
+    rule: str,
+) -> torch.Tensor:
     """Row-wise :func:`ecqx.entropy.lambda_max` (float64 ``[T]``)."""
     check_choice("lambda rule", rule, LAMBDA_RULES)
     t, k = used.shape
@@ -137,10 +153,12 @@ def lambda_max_rows(w_min: torch.Tensor, w_max: torch.Tensor, centroids: torch.T
     high = torch.where(above, position, -1).amax(dim=1).clamp_(min=0)
     c = centroids[:t].double()
     info_zero = info[rows, zero_index]
-    sides = torch.stack([
-        _side_lambda(w_min.double(), c[rows, low], info[rows, low], info_zero, below.any(dim=1), rule),
-        _side_lambda(w_max.double(), c[rows, high], info[rows, high], info_zero, above.any(dim=1), rule),
-    ])
+    sides = torch.stack(
+        [
+            _side_lambda(w_min.double(), c[rows, low], info[rows, low], info_zero, below.any(dim=1), rule),
+            _side_lambda(w_max.double(), c[rows, high], info[rows, high], info_zero, above.any(dim=1), rule),
+        ]
+    )
     if rule == "thesis":
         value = torch.where(torch.isnan(sides), math.inf, sides).amin(dim=0)
     else:
@@ -149,9 +167,17 @@ def lambda_max_rows(w_min: torch.Tensor, w_max: torch.Tensor, centroids: torch.T
     return value.clamp(min=0.0)
 
 
-def entropy_penalty(w: torch.Tensor, layout: FlatLayout, centroids: torch.Tensor, zero_index: torch.Tensor,
-                    lam_decay: torch.Tensor, pmf_mode: str, lambda_rule: str, empty_clusters: str,
-                    nearest: torch.Tensor):
+def entropy_penalty(
+    w: torch.Tensor,
+    layout: FlatLayout,
+    centroids: torch.Tensor,
+    zero_index: torch.Tensor,
+    lam_decay: torch.Tensor,
+    pmf_mode: str,
+    lambda_rule: str,
+    empty_clusters: str,
+    nearest: torch.Tensor,
+):
     """``(penalty [T+1, K] float32, λ [T], λ_max [T])`` from the nearest-level pre-assignment ``nearest``.
 
     ``lam_decay`` is Λ·δ_l per tensor (float64); penalty = λ·I_c, zero everywhere where λ = 0.
@@ -170,9 +196,11 @@ def entropy_penalty(w: torch.Tensor, layout: FlatLayout, centroids: torch.Tensor
     return penalty, lam, lam_max
 
 
-def argmin_cost(w: torch.Tensor, layout: FlatLayout, centroids: torch.Tensor,
-                penalty: torch.Tensor) -> torch.Tensor:
-    """argmin_c (w − value_c)² + penalty_c per weight, first index on ties (float32, as the per-tensor path)."""
+def argmin_cost(
+    w: torch.Tensor, layout: FlatLayout, centroids: torch.Tensor, penalty: torch.Tensor
+) -> torch.Tensor:
+    """argmin_c (w − value_c)² + penalty_c per weight, first index on ties (float32, as the per-tensor
+    path)."""
     best_cost = best_index = None
     for k in range(centroids.shape[1]):
         cost = (w - _column(centroids, k, layout)).square_().add_(_column(penalty, k, layout))
@@ -185,14 +213,20 @@ def argmin_cost(w: torch.Tensor, layout: FlatLayout, centroids: torch.Tensor,
     return best_index
 
 
-def _summarise(w: torch.Tensor, layout: FlatLayout, centroids: torch.Tensor, penalty: torch.Tensor,
-               zero_index: torch.Tensor) -> _Summary:
+def _summarise(
+    w: torch.Tensor,
+    layout: FlatLayout,
+    centroids: torch.Tensor,
+    penalty: torch.Tensor,
+    zero_index: torch.Tensor,
+) -> _Summary:
     k_all = centroids.shape[1]
     zero_row = torch.cat([zero_index, zero_index.new_zeros(1)])
     zero_element = layout.gather(zero_row)
     flat_index = layout.segment * k_all + zero_element
-    zero_cost = (w - centroids.reshape(-1).index_select(0, flat_index)).square() + \
-        penalty.reshape(-1).index_select(0, flat_index)
+    zero_cost = (w - centroids.reshape(-1).index_select(0, flat_index)).square() + penalty.reshape(
+        -1
+    ).index_select(0, flat_index)
     position = torch.arange(k_all, device=w.device)
     side_penalty = {
         "below": torch.where(position < zero_row[:, None], penalty, math.inf),
@@ -223,15 +257,17 @@ def _fraction(layout: FlatLayout, mask: torch.Tensor) -> torch.Tensor:
 
 
 def normalised_relevance(layout: FlatLayout, relevance: torch.Tensor):
-    """``(r, informative)``: r = |R| / (max|R| + 1e-12) per tensor; ``informative[t]`` false where R is constant."""
+    """``(r, informative)``: r = |R| / (max|R| + 1e-12) per tensor; ``informative[t]`` false where R is
+    constant."""
     magnitude = relevance.detach().abs().to(torch.float32)
     low, high = layout.amin(magnitude), layout.amax(magnitude)
     r = magnitude / layout.gather(torch.cat([high, high.new_ones(1)]) + RELEVANCE_EPS)
     return r, low != high
 
 
-def _beta_search(layout: FlatLayout, s: _Summary, r: torch.Tensor, searching: torch.Tensor,
-                 s_ecq: torch.Tensor, p: float):
+def _beta_search(
+    layout: FlatLayout, s: _Summary, r: torch.Tensor, searching: torch.Tensor, s_ecq: torch.Tensor, p: float
+):
     """All tensors' β searches in lock step (module docstring); returns the final β per tensor (float64)."""
     n = layout.numel_tensor.to(torch.float64)
     mean_r = layout.sum(torch.where(layout.valid, r.double(), 0.0)) / n
@@ -241,7 +277,9 @@ def _beta_search(layout: FlatLayout, s: _Summary, r: torch.Tensor, searching: to
     low_bound = s_ecq - p
     done = ~searching
     for iteration in range(BETA_EVALUATIONS):
-        beta_element = layout.gather(torch.cat([beta.to(torch.float32), beta.new_zeros(1, dtype=torch.float32)]))
+        beta_element = layout.gather(
+            torch.cat([beta.to(torch.float32), beta.new_zeros(1, dtype=torch.float32)])
+        )
         trial = beta_element * log_r
         s_x = layout.count_true(trial < log_room).to(torch.float64) / n
         zero_cost = s.zero_cost * (2.0 * torch.exp(trial))
@@ -258,18 +296,28 @@ def _beta_search(layout: FlatLayout, s: _Summary, r: torch.Tensor, searching: to
     return beta
 
 
-def group_assign(w: torch.Tensor, layout: FlatLayout, centroids: torch.Tensor, zero_index: torch.Tensor,
-                 lam_decay: torch.Tensor, pmf_mode: str = "clean", lambda_rule: str = "thesis",
-                 empty_clusters: str = "forbid", uniform: bool = True, relevance: torch.Tensor | None = None,
-                 p: float = 0.1) -> GroupAssignment:
+def group_assign(
+    w: torch.Tensor,
+    layout: FlatLayout,
+    centroids: torch.Tensor,
+    zero_index: torch.Tensor,
+    lam_decay: torch.Tensor,
+    pmf_mode: str = "clean",
+    lambda_rule: str = "thesis",
+    empty_clusters: str = "forbid",
+    uniform: bool = True,
+    relevance: torch.Tensor | None = None,
+    p: float = 0.1,
+) -> GroupAssignment:
     """Entropy-constrained assignment of every tensor of ``layout`` (ECQ, ECQx with ``relevance``, EC2T).
 
     Same arguments and results as :func:`ecqx.assign.ec_assign` applied to each tensor: ``w`` is the flat
     float32 buffer, ``uniform`` says the grids are equally spaced (the O(N) nearest-level pre-assignment).
     """
     nearest = (nearest_uniform if uniform else nearest_dense)(w, layout, centroids)
-    penalty, lam, lam_max = entropy_penalty(w, layout, centroids, zero_index, lam_decay, pmf_mode, lambda_rule,
-                                            empty_clusters, nearest)
+    penalty, lam, lam_max = entropy_penalty(
+        w, layout, centroids, zero_index, lam_decay, pmf_mode, lambda_rule, empty_clusters, nearest
+    )
     zero_element = layout.gather(torch.cat([zero_index, zero_index.new_zeros(1)]))
     flips = torch.zeros_like(layout.numel_tensor)
     if relevance is None:
@@ -287,9 +335,25 @@ def group_assign(w: torch.Tensor, layout: FlatLayout, centroids: torch.Tensor, z
     relevant = _argmin_with_zero_cost(summary, zero_cost, zero_element)
     relevant = torch.where(layout.gather(torch.cat([searching, searching.new_zeros(1)])), relevant, indices)
     flips = layout.count_true(relevant != indices)
-    return GroupAssignment(relevant, lam, lam_max, _fraction(layout, relevant == zero_element), s_ecq, flips,
-                           torch.where(searching, beta, math.nan))
+    return GroupAssignment(
+        relevant,
+        lam,
+        lam_max,
+        _fraction(layout, relevant == zero_element),
+        s_ecq,
+        flips,
+        torch.where(searching, beta, math.nan),
+    )
 
 
-__all__ = ["GroupAssignment", "group_assign", "nearest_uniform", "nearest_dense", "cluster_pmf_rows",
-           "lambda_max_rows", "entropy_penalty", "argmin_cost", "normalised_relevance"]
+__all__ = [
+    "GroupAssignment",
+    "group_assign",
+    "nearest_uniform",
+    "nearest_dense",
+    "cluster_pmf_rows",
+    "lambda_max_rows",
+    "entropy_penalty",
+    "argmin_cost",
+    "normalised_relevance",
+]

@@ -11,7 +11,8 @@ tensor operations whatever the number of tensors. :class:`FlatLayout` describes 
 * :meth:`views` gives each tensor's view of a buffer in its own shape (for ``torch._foreach_*`` copies).
 
 Reductions per tensor never synchronise with the host and give the same result on every run and every rank:
-integer counts (``index_add_`` of ones) are exact; minima and maxima do not depend on order; floating-point sums are
+integer counts (``index_add_`` of ones) are exact; minima and maxima do not depend on order; floating-point
+sums are
 taken in float64 over fixed blocks (a dense ``sum`` over ``[blocks, block]``, then over each tensor's blocks),
 never with atomics.
 """
@@ -29,7 +30,9 @@ DEFAULT_BLOCK = 1024
 class FlatLayout:
     """Where each tensor of a group lives in a flat buffer (see the module docstring)."""
 
-    def __init__(self, shapes: Sequence[torch.Size | tuple[int, ...]], device=None, block: int = DEFAULT_BLOCK):
+    def __init__(
+        self, shapes: Sequence[torch.Size | tuple[int, ...]], device=None, block: int = DEFAULT_BLOCK
+    ):
         if not shapes:
             raise ValueError("a FlatLayout needs at least one tensor shape")
         if block < 1:
@@ -55,7 +58,7 @@ class FlatLayout:
         segment = torch.full((self.size,), t, dtype=torch.int64)
         blocks_of = []
         for i, (offset, n) in enumerate(zip(self.offsets, self.numels, strict=True)):
-            segment[offset:offset + n] = i
+            segment[offset : offset + n] = i
             first = offset // block
             blocks_of.append(torch.arange(first, first + -(-n // block)))
         self.segment = segment.to(device)
@@ -63,7 +66,7 @@ class FlatLayout:
         widest = max(len(b) for b in blocks_of)
         table = torch.full((t, widest), num_blocks, dtype=torch.int64)  # num_blocks: an all-zero dummy block
         for i, b in enumerate(blocks_of):
-            table[i, :len(b)] = b
+            table[i, : len(b)] = b
         self._block_table = table.to(device)
         self.numel_tensor = torch.tensor(self.numels, dtype=torch.int64, device=device)
         self.valid = self.segment < t
@@ -81,14 +84,18 @@ class FlatLayout:
 
     def views(self, buffer: torch.Tensor) -> list[torch.Tensor]:
         """Each tensor's view of ``buffer`` (shares its storage), in the tensor's own shape."""
-        return [buffer[o:o + n].view(shape)
-                for o, n, shape in zip(self.offsets, self.numels, self.shapes, strict=True)]
+        return [
+            buffer[o : o + n].view(shape)
+            for o, n, shape in zip(self.offsets, self.numels, self.shapes, strict=True)
+        ]
 
     def flatten(self, tensors: Sequence[torch.Tensor], dtype=None, fill=0) -> torch.Tensor:
         """A new flat buffer holding ``tensors`` (in layout order); padding is ``fill``."""
         dtype = dtype if dtype is not None else tensors[0].dtype
         out = self.empty(dtype, fill)
-        torch._foreach_copy_(self.views(out), [t.detach().to(device=self.device, dtype=dtype) for t in tensors])
+        torch._foreach_copy_(
+            self.views(out), [t.detach().to(device=self.device, dtype=dtype) for t in tensors]
+        )
         return out
 
     def split(self, buffer: torch.Tensor) -> list[torch.Tensor]:
@@ -96,24 +103,27 @@ class FlatLayout:
         return [v.clone() for v in self.views(buffer)]
 
     def gather(self, table: torch.Tensor) -> torch.Tensor:
-        """Per-element value of a per-tensor ``table`` (first dimension ``T + 1``; padding reads row ``T``)."""
+        """Per-element value of a per-tensor ``table`` (first dimension ``T + 1``; padding reads row
+        ``T``)."""
         return table.index_select(0, self.segment)
 
     # ------------------------------------------------------------------ reductions (no host synchronisation)
     def count(self, codes: torch.Tensor, num_codes: int) -> torch.Tensor:
         """``[T, num_codes]`` int64 histogram of per-element integer ``codes`` in ``0..num_codes-1``."""
         flat = self.segment * num_codes + codes
-        # index_add_ of integers is exact in any order; bincount would ask the host for the largest code on CUDA
+        # index_add_ of integers is exact in any order; bincount would ask the host for the largest code on
+        # CUDA
         counts = torch.zeros((self.num_tensors + 1) * num_codes, dtype=torch.int64, device=flat.device)
         counts.index_add_(0, flat, torch.ones_like(flat))
-        return counts.view(self.num_tensors + 1, num_codes)[:self.num_tensors]
+        return counts.view(self.num_tensors + 1, num_codes)[: self.num_tensors]
 
     def count_true(self, mask: torch.Tensor) -> torch.Tensor:
         """``[T]`` int64: number of true elements of a bool buffer per tensor (padding ignored)."""
         return self.count(mask.to(torch.int64), 2)[:, 1]
 
     def sum(self, values: torch.Tensor) -> torch.Tensor:
-        """``[T]`` float64 sums of each tensor's elements (padding must hold zeros), order-independent of runs."""
+        """``[T]`` float64 sums of each tensor's elements (padding must hold zeros), order-independent of
+        runs."""
         partial = values.to(torch.float64).view(-1, self.block).sum(dim=1)
         partial = torch.cat([partial, partial.new_zeros(1)])
         return partial[self._block_table].sum(dim=1)
@@ -133,7 +143,7 @@ class FlatLayout:
     def _extreme(self, values: torch.Tensor, reduce: str, identity: float) -> torch.Tensor:
         out = torch.full((self.num_tensors + 1,), identity, dtype=values.dtype, device=values.device)
         out = out.scatter_reduce(0, self.segment, values, reduce=reduce, include_self=True)
-        return out[:self.num_tensors]
+        return out[: self.num_tensors]
 
     def std(self, values: torch.Tensor) -> torch.Tensor:
         """``[T]`` float64 unbiased standard deviation of each tensor (two passes: mean, then deviations)."""

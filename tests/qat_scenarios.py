@@ -24,8 +24,10 @@ SCENARIOS = {
     "ecq_7bit_mlp": ("mlp", lambda: ECQ(bits=7, lam=0.2, start_epoch=0)),
     "ecq_3bit_lenet": ("lenet", lambda: ECQ(bits=3, lam=0.1, start_epoch=0)),
     "ecqx_clean_mlp": ("mlp", lambda: ECQx(bits=4, lam=0.1, start_epoch=1, relevance_every_n_steps=2)),
-    "ecqx_faithful_mlp": ("mlp", lambda: ECQx(bits=4, lam=0.2, start_epoch=0, mode="faithful", p=0.05,
-                                              relevance_every_n_steps=1)),
+    "ecqx_faithful_mlp": (
+        "mlp",
+        lambda: ECQx(bits=4, lam=0.2, start_epoch=0, mode="faithful", p=0.05, relevance_every_n_steps=1),
+    ),
     "ecqx_clean_lenet": ("lenet", lambda: ECQx(bits=4, lam=0.1, start_epoch=0, relevance_every_n_steps=3)),
     "ec2t_clean_mlp": ("mlp", lambda: EC2T(lam=0.15, freeze_epoch=2, centroid_lr=1e-3, exclude_first=False)),
     "ec2t_faithful_mlp": ("mlp", lambda: EC2T(lam=0.1, mode="faithful", centroid_lr=1e-3)),

@@ -3,7 +3,8 @@
 Writes ``tests/golden/legacy_<method>.ckpt`` (a Lightning checkpoint after 2 of 4 epochs) and
 ``tests/golden/legacy_resume.pt`` (the end state of resuming each of them to epoch 4, with the same code).
 Recorded once with the implementation before the grouped quantizer state (commit c4a2ae0, imported from a
-copy of that tree on PYTHONPATH); ``tests/test_legacy_checkpoints.py`` resumes the same checkpoints with today's
+copy of that tree on PYTHONPATH); ``tests/test_legacy_checkpoints.py`` resumes the same checkpoints with
+today's
 callbacks and demands the same end state.
 """
 

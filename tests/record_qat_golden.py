@@ -21,8 +21,11 @@ OUT = Path(__file__).resolve().parent / "golden" / "qat_golden.pt"
 
 def main() -> None:
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-    golden = {"commit": commit, "torch": str(torch.__version__),
-              "scenarios": {name: run_scenario(name) for name in SCENARIOS}}
+    golden = {
+        "commit": commit,
+        "torch": str(torch.__version__),
+        "scenarios": {name: run_scenario(name) for name in SCENARIOS},
+    }
     torch.save(golden, OUT)
     print(f"wrote {OUT} ({OUT.stat().st_size} bytes) from {commit}")
 

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from tensor_state_oracle import TensorState
 
 from ecqx.ec2t import (
     NEGATIVE,
@@ -18,7 +19,6 @@ from ecqx.ec2t import (
     ternary_step,
 )
 from ecqx.quantized import export_levels
-from tensor_state_oracle import TensorState
 
 
 @pytest.fixture()

@@ -1,7 +1,8 @@
 """Checkpoints written by the per-tensor implementation resume with the grouped state to the same end state.
 
 ``tests/golden/legacy_<method>.ckpt`` and the end states of resuming them with the old code were recorded by
-``tests/record_legacy_checkpoints.py`` before the grouped quantizer state replaced the per-tensor one. The EC2T
+``tests/record_legacy_checkpoints.py`` before the grouped quantizer state replaced the per-tensor one. The
+EC2T
 checkpoint also carries the old per-magnitude Adam state, which must be converted, not reset.
 """
 

@@ -1,6 +1,7 @@
 """The grouped quantizer step reproduces the per-tensor implementation bit for bit (golden end states).
 
-``tests/golden/qat_golden.pt`` holds the end state of ten short training runs (ECQ 3/4/7 bit, ECQx, EC2T with a
+``tests/golden/qat_golden.pt`` holds the end state of ten short training runs (ECQ 3/4/7 bit, ECQx, EC2T
+with a
 frozen phase; clean and faithful; an MLP and LeNet-5) recorded by ``tests/record_qat_golden.py`` with the
 per-tensor implementation. Every parameter, every tensor of the callback's checkpoint state and every exported
 level must be identical.

@@ -4,8 +4,8 @@ import io
 
 import pytest
 import torch
-
 from tensor_state_oracle import TensorState
+
 from ecqx.ste import make_shadow
 
 
