@@ -1,4 +1,5 @@
-"""Data modules on the real files of the shared data folder (small limits) and on hand-written idx files."""
+"""Data modules on the real files of the shared data folder (small limits), on hand-written idx files, and
+the batched augmentation path (seeded crops/flips finished on the training device) on synthetic images."""
 
 from __future__ import annotations
 
@@ -192,3 +193,303 @@ def test_only_random_augmentation_gets_per_sample_seeds(shared_dir):
     plain = CIFAR10JPEGDataModule(root, limit=64, batch_size=16, augment=False)
     plain.setup()
     assert not any(isinstance(i, SeededIndex) for i in plain.train_dataloader().sampler)
+
+
+# -- the batched, device-side augmentation path (synthetic images; no shared data needed) -------------------
+
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def python_splitmix64(x: int) -> int:
+    """Reference splitmix64 on Python integers (unsigned 64-bit), returned as a signed int64 value."""
+    mask = (1 << 64) - 1
+    z = (x + 0x9E3779B97F4A7C15) & mask
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+    z ^= z >> 31
+    return z - (1 << 64) if z >= 1 << 63 else z
+
+
+def write_cifar_like(root, n_train: int = 96, n_test: int = 32, seed: int = 0) -> None:
+    """A tiny ``cifar10_jpeg_q75.npz``: random 32x32 RGB images as JPEG q75 bytes, offsets and labels."""
+    import io
+
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for split, n in (("train", n_train), ("test", n_test)):
+        chunks, offsets = [], [0]
+        for _ in range(n):
+            # smooth random images (JPEG keeps them recognisable, crops of them differ)
+            small = rng.integers(0, 256, (4, 4, 3)).astype(np.uint8)
+            image = Image.fromarray(small).resize((32, 32), Image.BILINEAR)
+            buffer = io.BytesIO()
+            image.save(buffer, format="JPEG", quality=75)
+            chunks.append(np.frombuffer(buffer.getvalue(), dtype=np.uint8))
+            offsets.append(offsets[-1] + len(chunks[-1]))
+        arrays[f"{split}_jpeg"] = np.concatenate(chunks)
+        arrays[f"{split}_offsets"] = np.asarray(offsets, dtype=np.int64)
+        arrays[f"{split}_labels"] = (np.arange(n) % 10).astype(np.uint8)
+    np.savez(root / "cifar10_jpeg_q75.npz", **arrays)
+
+
+@pytest.fixture
+def cifar_like(tmp_path):
+    write_cifar_like(tmp_path)
+    return str(tmp_path)
+
+
+def synthetic_images(n: int = 64, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(1, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=generator)
+
+
+def normalise(images: torch.Tensor) -> torch.Tensor:
+    mean, std = torch.tensor(MEAN)[:, None, None], torch.tensor(STD)[:, None, None]
+    return (images.float() / 255 - mean) / std
+
+
+def test_splitmix64_matches_the_reference_bit_for_bit():
+    from ecqx.training.data import splitmix64
+
+    values = [0, 1, 2, 3, 12345, 2**31 - 1, 2**32, 2**62 - 1, 2**63 - 1, -1, -(2**63), -987654321]
+    values += torch.randint(0, 2**62, (200,), generator=torch.Generator().manual_seed(5)).tolist()
+    got = splitmix64(torch.tensor(values, dtype=torch.int64)).tolist()
+    assert got == [python_splitmix64(v) for v in values]
+    # the published first output of splitmix64 seeded with 0 (state advanced once by the golden gamma)
+    assert got[0] & ((1 << 64) - 1) == 0xE220A8397B1DCDAF
+
+
+def test_crop_flip_takes_real_crops_of_the_zero_padded_image_and_real_flips():
+    from ecqx.training.data import SeededCropFlip
+
+    augment = SeededCropFlip(padding=4)
+    images = synthetic_images(64)  # no zero pixels, so padding shows up as exact zeros
+    seeds = torch.arange(1000, 1064)
+    out = augment(images, seeds)
+    assert out.shape == images.shape and out.dtype == torch.uint8
+    dy, dx, flip = augment.params(seeds)
+    padded = torch.nn.functional.pad(images, (4, 4, 4, 4))
+    for i in range(64):
+        crop = padded[i, :, dy[i] : dy[i] + 32, dx[i] : dx[i] + 32]
+        assert torch.equal(out[i], crop.flip(-1) if flip[i] else crop), i
+    # the offsets are bit fields of splitmix64(seed), computed here by hand for the first samples
+    for i in range(8):
+        h = python_splitmix64(1000 + i) & ((1 << 64) - 1)
+        expected = (((h >> 1) & 0x7FFFFFFF) % 9, ((h >> 32) & 0x7FFFFFFF) % 9, bool(h & 1))
+        assert (int(dy[i]), int(dx[i]), bool(flip[i])) == expected
+    # hand-made crops at known offsets: the corners and the centre, with and without the flip
+    candidates = torch.arange(10_000)
+    all_dy, all_dx, all_flip = augment.params(candidates)
+    image = images[:1]
+    for want_dy, want_dx, want_flip in ((0, 0, False), (8, 8, True), (4, 4, False), (0, 8, True)):
+        found = (all_dy == want_dy) & (all_dx == want_dx) & (all_flip == want_flip)
+        seed = candidates[found][:1]
+        got = augment(image, seed)[0]
+        # the 32x32 window at (dy, dx) of the 40x40 zero-padded image, written out by hand: image pixel
+        # (r, c) lands at (r + 4 - dy, c + 4 - dx) where that is inside the window, the rest is padding
+        expected = torch.zeros(3, 32, 32, dtype=torch.uint8)
+        top, left = 4 - want_dy, 4 - want_dx
+        for r in range(32):
+            for c in range(32):
+                if 0 <= r + top < 32 and 0 <= c + left < 32:
+                    expected[:, r + top, c + left] = image[0, :, r, c]
+        if want_flip:
+            expected = expected.flip(-1)
+        assert torch.equal(got, expected), (want_dy, want_dx, want_flip)
+        assert int((got == 0).all(0).sum()) == 32 * 32 - (32 - abs(top)) * (32 - abs(left))
+
+
+def test_all_81_offsets_and_both_flips_occur_uniformly_even_for_consecutive_seeds():
+    from ecqx.training.data import SeededCropFlip
+
+    n = 162 * 400
+    for seeds in (torch.arange(n), torch.randint(0, 2**62, (n,), generator=torch.Generator().manual_seed(1))):
+        dy, dx, flip = SeededCropFlip(padding=4).params(seeds)
+        cells = torch.bincount((dy * 9 + dx) * 2 + flip.long(), minlength=162)
+        assert cells.numel() == 162 and int(cells.min()) > 0  # every (offset, flip) combination occurs
+        # each cell is Binomial(n, 1/162): mean 400, sd ~20; allow 5 sd
+        assert int((cells - 400).abs().max()) < 100, cells
+        assert abs(flip.float().mean().item() - 0.5) < 0.01
+
+
+def test_crop_flip_is_a_pure_function_of_images_and_seeds():
+    from ecqx.training.data import SeededCropFlip
+
+    augment, images, seeds = SeededCropFlip(), synthetic_images(32), torch.arange(32) * 7919
+    torch.manual_seed(0)
+    first = augment(images, seeds)
+    torch.manual_seed(1)  # the global random state plays no part
+    assert torch.equal(first, augment(images, seeds))
+    assert torch.equal(first[5:9], augment(images[5:9], seeds[5:9]))  # nor do the other samples of the batch
+    other = augment(images, seeds + 1)
+    assert sum(not torch.equal(a, b) for a, b in zip(first, other, strict=True)) > 24
+    with pytest.raises(ValueError, match=r"expected images \(N, C, H, W\) and seeds \(N,\)"):
+        augment(images, seeds[:3])
+
+
+def test_cifar_training_batches_are_a_function_of_seed_epoch_and_index(cifar_like):
+    module = CIFAR10JPEGDataModule(cifar_like, val_size=16, batch_size=16)
+    loader, train = module.train_dataloader(), module.datasets["train"]
+
+    def epoch(number, global_seed):
+        torch.manual_seed(global_seed)
+        loader.sampler.set_epoch(number)
+        order = [int(i) for i in loader.sampler]
+        batches = list(loader)
+        x = torch.cat([b[0] for b in batches])
+        return {index: x[row] for row, index in enumerate(order)}, batches
+
+    first, batches = epoch(3, global_seed=1)
+    again, _ = epoch(3, global_seed=2)
+    assert first.keys() == again.keys() == set(range(len(train)))
+    assert all(torch.equal(first[i], again[i]) for i in first)
+    later, _ = epoch(4, global_seed=1)
+    assert sum(not torch.equal(first[i], later[i]) for i in first) > 0.8 * len(first)
+    # the batches are the (x, y) pairs the model sees: float inputs, int64 labels
+    x, y = batches[0]
+    assert x.shape == (16, 3, 32, 32) and x.dtype == torch.float32 and y.dtype == torch.int64
+    # and each input is a normalised crop/flip of the stored uint8 image, with the sampler's seed
+    loader.sampler.set_epoch(3)
+    index = next(iter(loader.sampler))
+    crop = module.train_augmentation()(train.images[[int(index)]], torch.tensor([index.seed]))
+    assert torch.allclose(first[int(index)], normalise(crop[0]), atol=1e-6)
+    assert torch.equal(train[index][0], first[int(index)])  # a single fetch gives the same sample
+
+
+def test_batches_are_fetched_with_one_indexing_op_and_work_with_a_plain_dataloader(cifar_like):
+    from torch.utils.data import DataLoader
+
+    from ecqx.training.data import ImageBatch, SeededIndex
+
+    module = CIFAR10JPEGDataModule(cifar_like, val_size=16, batch_size=8)
+    module.setup()
+    test = module.datasets["test"]
+    batch = test.__getitems__([3, 1, 4, 1, 5])
+    assert isinstance(batch, ImageBatch) and len(batch) == 5 and batch.seeds is None
+    assert torch.equal(batch.images, test.images[[3, 1, 4, 1, 5]])
+    x, y = batch.finish()
+    assert torch.allclose(x, normalise(test.images[[3, 1, 4, 1, 5]]), atol=1e-6)
+    # torch's default collate (a user's own DataLoader) still gets the same batches, sample by sample
+    plain = next(iter(DataLoader(test, batch_size=8)))
+    ours = next(iter(module.test_dataloader()))
+    assert torch.equal(plain[0], ours[0]) and torch.equal(plain[1], ours[1])
+    train = module.datasets["train"]
+    seeded = train.__getitems__([SeededIndex(2, 11), SeededIndex(0, 12)])
+    assert seeded.seeds.tolist() == [11, 12]
+    with pytest.raises(ValueError, match="mixes SeededIndex and plain int"):
+        train.__getitems__([SeededIndex(2, 11), 0])
+    # huge seeds are taken modulo 2**64 instead of overflowing
+    assert train.__getitems__([SeededIndex(0, 2**64 + 5)]).seeds.tolist() == [5]
+
+
+def test_evaluation_batches_are_normalised_and_pass_the_device_hook_unchanged(cifar_like):
+    module = CIFAR10JPEGDataModule(cifar_like, val_size=16, batch_size=8)
+    for loader, dataset in ((module.val_dataloader(), "val"), (module.test_dataloader(), "test")):
+        x, y = next(iter(loader))
+        images = module.datasets[dataset].images[:8]
+        assert torch.allclose(x, normalise(images), atol=1e-6)
+        assert module.on_after_batch_transfer([x, y], 0)[0] is x
+
+
+class _Tiny(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc = torch.nn.Conv2d(3, 4, 3, stride=4), torch.nn.Linear(4 * 8 * 8, 10)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.conv(x)).flatten(1))
+
+
+def _fit_recording(
+    data, tmp_path, seen, callbacks=(), ckpt_path=None, max_epochs=2, global_seed=0, precision="32-true"
+):
+    import pytorch_lightning as pl
+
+    from ecqx.training.module import ClassificationModule
+
+    class Record(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            x, y = batch  # training_step's (x, y): float inputs, int64 labels
+            assert x.is_floating_point() and y.dtype == torch.int64
+            seen.append((trainer.current_epoch, batch_idx, x.clone(), y.clone()))
+
+    torch.manual_seed(0)
+    model = ClassificationModule(_Tiny(), num_classes=10)
+    torch.manual_seed(global_seed)
+    trainer = pl.Trainer(
+        max_epochs=max_epochs, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+        enable_model_summary=False, default_root_dir=str(tmp_path), callbacks=[Record(), *callbacks],
+        num_sanity_val_steps=0, limit_val_batches=1, precision=precision,
+    )
+    trainer.fit(model, datamodule=data, ckpt_path=ckpt_path)
+    return trainer
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_a_fit_augments_on_the_device_hook_with_the_same_result_as_the_host_path(
+    cifar_like, tmp_path, num_workers
+):
+    from ecqx.training.data import RawBatch, raw_batch
+
+    data = CIFAR10JPEGDataModule(cifar_like, val_size=16, batch_size=16, num_workers=num_workers)
+    seen = []
+    trainer = _fit_recording(data, tmp_path, seen, max_epochs=2)
+    assert trainer.train_dataloader.collate_fn is raw_batch  # the loader of the fit yields raw uint8 batches
+    raw = next(iter(trainer.train_dataloader))
+    assert isinstance(raw, RawBatch) and raw.images.dtype == torch.uint8 and raw.seeds.dtype == torch.int64
+    # the host path (a loader made outside the fit) yields exactly the batches the model saw
+    host = CIFAR10JPEGDataModule(cifar_like, val_size=16, batch_size=16)
+    loader = host.train_dataloader()
+    for epoch in (0, 1):
+        loader.sampler.set_epoch(epoch)
+        expected = list(loader)
+        got = [(x, y) for e, _, x, y in seen if e == epoch]
+        assert len(got) == len(expected) == 5  # 80 training samples / 16
+        assert all(x.dtype == torch.float32 and x.shape == (16, 3, 32, 32) for x, _ in got)
+        for (x, y), (ex, ey) in zip(got, expected, strict=True):
+            assert torch.equal(x, ex) and torch.equal(y, ey)
+
+
+def test_mid_epoch_resume_sees_exactly_the_same_augmented_batches(cifar_like, tmp_path):
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    def data():
+        return CIFAR10JPEGDataModule(cifar_like, val_size=16, batch_size=16, seed=2)
+
+    full = []
+    checkpoint = ModelCheckpoint(
+        dirpath=tmp_path / "ckpt", every_n_train_steps=7, save_top_k=-1, filename="{step}"
+    )
+    _fit_recording(data(), tmp_path, full, callbacks=[checkpoint], max_epochs=2)
+    assert len(full) == 10
+    resumed = []
+    step7 = tmp_path / "ckpt" / "step=7.ckpt"
+    # a fresh process: another global random state
+    _fit_recording(data(), tmp_path, resumed, ckpt_path=step7, max_epochs=2, global_seed=1234)
+    # step 7 = epoch 1, batch 1 done: the resumed run continues with epoch 1's batches 2..4
+    assert [(e, b) for e, b, _, _ in resumed] == [(1, 2), (1, 3), (1, 4)]
+    for (_, _, x, y), (_, _, fx, fy) in zip(resumed, full[7:], strict=True):
+        assert torch.equal(x, fx) and torch.equal(y, fy)
+    # and the augmentation is really random: epoch 1 differs from epoch 0 for the same samples
+    assert not torch.equal(full[0][2], full[5][2])
+
+
+def test_digits_training_batches_are_scaled_on_the_device_too(tmp_path):
+    from ecqx.training.data import RawBatch
+
+    data = DigitsDataModule(batch_size=64)
+    data.setup()
+    raw = data.datasets["train"].__getitems__(list(range(64))).raw()
+    assert isinstance(raw, RawBatch) and raw.seeds is None  # no random augmentation: no seeds
+    x, y = data.on_after_batch_transfer(raw, 0)
+    host_x, host_y = data.datasets["train"].__getitems__(list(range(64))).finish()
+    assert torch.equal(x, host_x) and torch.equal(y, host_y) and float(x.max()) <= 1.0
+
+
+def test_device_finished_inputs_follow_the_trainers_true_precision(cifar_like, tmp_path):
+    data = CIFAR10JPEGDataModule(cifar_like, val_size=16, batch_size=16)
+    seen = []
+    _fit_recording(data, tmp_path, seen, max_epochs=1, precision="64-true")
+    assert seen and all(x.dtype == torch.float64 for _, _, x, _ in seen)
