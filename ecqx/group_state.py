@@ -130,6 +130,7 @@ class _GroupBase:
         self.shadow_views = self.layout.views(self.shadow)
         self.quantized_views = self.layout.views(self.quantized)
         self.grad_views = self.layout.views(self.grad)
+        self._floor_cache = None  # derived from the shadow buffer (TernaryGroup)
 
     @property
     def device(self) -> torch.device:
@@ -446,6 +447,8 @@ class TernaryGroup(_GroupBase):
     """
 
     method = "ec2t"
+    #: column order [−a, 0, b] from [0, a, b]
+    _ORDER = torch.tensor([1, 0, 2])
 
     def __init__(
         self,
@@ -460,6 +463,8 @@ class TernaryGroup(_GroupBase):
     ) -> None:
         super().__init__(names, shapes, gamma, mode, device)
         self.init_scale, self.resolution, self.snap_rtol = init_scale, resolution, snap_rtol
+        # ∂/∂w_n = −Σ_n g in clean mode (the value is −w_n), +Σ_n g in faithful mode (spec §7)
+        self._gradient_sign = torch.tensor([-1.0 if mode == "clean" else 1.0, 1.0])
         self.phase = "assign"
         self.magnitudes: torch.Tensor | None = None
         self.qp: list[int] = []
@@ -485,27 +490,43 @@ class TernaryGroup(_GroupBase):
         self.qp = [s[0] for s in steps]
         self.qp_density = [s[1] for s in steps]
         self.step = [s[2] for s in steps]
-        self._step64 = torch.tensor(self.step, dtype=torch.float64, device=self.device)
-        self._multiples = torch.ones(len(self.names), 2, dtype=torch.int64, device=self.device)
+        self._step64 = torch.tensor(self.step, dtype=torch.float64, device=self.device)[:, None]
+        self._step32 = self._step64.to(torch.float32)
+        self._set_multiples(torch.ones(len(self.names), 2, dtype=torch.int64, device=self.device))
+
+    def _set_multiples(self, multiples: torch.Tensor) -> None:
+        """a, b per tensor, and the tables derived from them (levels, values, gradient scales)."""
+        self._multiples = multiples
+        levels = multiples * torch.tensor([-1, 1], dtype=torch.int64, device=multiples.device)
+        levels = torch.nn.functional.pad(levels, (1, 0)).index_select(1, self._ORDER.to(multiples.device))
+        self._level_rows = torch.nn.functional.pad(levels.to(torch.int32), (0, 0, 0, 1))
+        self._centroid_rows = torch.nn.functional.pad(levels.to(torch.float32) * self._step32, (0, 0, 0, 1))
+        # the gradient scale of the TTQ rule: a·Δ, 1, b·Δ (magnitudes rounded from float64, as in the oracle)
+        magnitude = (multiples.double() * self._step64).to(torch.float32)
+        scale = torch.nn.functional.pad(magnitude, (1, 0), value=1.0).index_select(
+            1, self._ORDER.to(multiples.device)
+        )
+        self._scale_rows = torch.nn.functional.pad(scale, (0, 0, 0, 1))
+
+    def _floor(self) -> torch.Tensor:
+        """0.675·std(shadow) per tensor (float64), computed once per version of the shadow buffer."""
+        version = self.shadow._version
+        if self._floor_cache is None or self._floor_cache[0] != version:
+            self._floor_cache = (version, FLOOR_FACTOR * self.layout.std(self.shadow))
+        return self._floor_cache[1]
 
     def _refresh_multiples(self) -> None:
         """a, b = max(1, round(w/Δ), ceil(floor/Δ − 1e-9)) from the current magnitudes and shadows."""
-        step = self._step64[:, None]
-        floor = FLOOR_FACTOR * self.layout.std(self.shadow)
+        step = self._step64
         rounded = torch.round(self.magnitudes.detach().double() / step)
-        at_floor = torch.ceil(floor[:, None] / step - 1e-9)
-        self._multiples = torch.maximum(torch.maximum(rounded, at_floor), torch.ones_like(rounded)).to(
-            torch.int64
-        )
+        at_floor = torch.ceil(self._floor()[:, None] / step - 1e-9)
+        self._set_multiples(torch.maximum(rounded, at_floor).clamp_(min=1.0).to(torch.int64))
 
     def _level_table(self) -> torch.Tensor:
-        a, b = self._multiples[:, 0], self._multiples[:, 1]
-        table = torch.stack([-a, torch.zeros_like(a), b], dim=1).to(torch.int32)
-        return _with_padding_row(table)
+        return self._level_rows
 
     def _centroids(self) -> torch.Tensor:
-        step32 = self._step64.to(torch.float32)[:, None]
-        return _with_padding_row(self._level_table()[:-1].to(torch.float32) * step32)
+        return self._centroid_rows
 
     # ------------------------------------------------------------------ training step
     def shadow_gradient(self) -> bool:
@@ -516,28 +537,25 @@ class TernaryGroup(_GroupBase):
         """
         if self.indices is None:
             raise RuntimeError("call initialise() before shadow_gradient() for a TernaryGroup")
-        magnitude = (self._multiples.double() * self._step64[:, None]).to(torch.float32)
-        scale = _with_padding_row(
-            torch.stack([magnitude[:, 0], torch.ones_like(magnitude[:, 0]), magnitude[:, 1]], dim=1)
-        )
         grad = self.grad
-        sum_neg = self.layout.masked_sum(grad, self.indices == NEGATIVE).to(grad.dtype)
-        sum_pos = self.layout.masked_sum(grad, self.indices == POSITIVE).to(grad.dtype)
-        magnitude_grad = torch.stack([-sum_neg if self.mode == "clean" else sum_neg, sum_pos], dim=1)
+        sides = torch.stack([self.indices == NEGATIVE, self.indices == POSITIVE], dim=1)
+        sums = self.layout.sum(torch.where(sides, grad[:, None].double(), 0.0)).to(grad.dtype)
+        magnitude_grad = sums * self._gradient_sign.to(sums.device)
         if self.magnitudes.grad is None:
             self.magnitudes.grad = magnitude_grad
         else:
             self.magnitudes.grad = self.magnitudes.grad + magnitude_grad
         if self.phase == "frozen":
             return False
-        torch.mul(grad, scale.reshape(-1).index_select(0, self.layout.segment * 3 + self.indices), out=grad)
+        scale = self._scale_rows.reshape(-1).index_select(0, self.layout.segment * 3 + self.indices)
+        torch.mul(grad, scale, out=grad)
         return True
 
     def clamp_magnitudes(self) -> None:
         """w_n, w_p ≥ 0.675·std(shadow) per tensor, in place."""
-        floor = (FLOOR_FACTOR * self.layout.std(self.shadow)).to(torch.float32)
+        floor = self._floor().to(torch.float32)
         with torch.no_grad():
-            self.magnitudes.copy_(torch.maximum(self.magnitudes, floor[:, None]))
+            torch.maximum(self.magnitudes, floor[:, None], out=self.magnitudes)
 
     def freeze(self) -> None:
         """Enter the frozen-assignment phase: the assignment is kept, only the magnitudes train."""
@@ -607,8 +625,8 @@ class TernaryGroup(_GroupBase):
     def _load_entries(self, entries: list[dict[str, Any]], state: dict[str, Any]) -> None:
         grids = [Grid.from_dict(e["grid"]) for e in entries]
         self._set_steps([(g.qp, g.qp_density, g.step) for g in grids])
-        self._multiples = torch.tensor(
-            [[-g.levels[0], g.levels[2]] for g in grids], dtype=torch.int64, device=self.device
+        self._set_multiples(
+            torch.tensor([[-g.levels[0], g.levels[2]] for g in grids], dtype=torch.int64, device=self.device)
         )
         magnitudes = torch.stack([torch.stack([e["w_n"].reshape(()), e["w_p"].reshape(())]) for e in entries])
         magnitudes = magnitudes.to(device=self.device, dtype=torch.float32)

@@ -52,8 +52,22 @@ class _Summary:
     above_index: torch.Tensor
 
 
-def _column(table: torch.Tensor, k: int, layout: FlatLayout) -> torch.Tensor:
-    return table[:, k].index_select(0, layout.segment)
+#: elements of one ``[chunk, K]`` cost matrix (64 MiB of float32); the weights are processed in chunks of
+#: ``CHUNK_ELEMENTS // K``, so the number of operations grows with the model size, never with its tensor count.
+CHUNK_ELEMENTS = 1 << 24
+
+
+def _chunks(layout: FlatLayout, k: int):
+    size = max(1, CHUNK_ELEMENTS // k)
+    for start in range(0, layout.size, size):
+        yield slice(start, min(start + size, layout.size))
+
+
+def _costs(
+    w: torch.Tensor, segment: torch.Tensor, centroids: torch.Tensor, penalty: torch.Tensor
+) -> torch.Tensor:
+    """``[n, K]`` float32 costs (w − value_c)² + penalty_c, the per-tensor path's arithmetic."""
+    return (w[:, None] - centroids.index_select(0, segment)).square_().add_(penalty.index_select(0, segment))
 
 
 def nearest_uniform(w: torch.Tensor, layout: FlatLayout, centroids: torch.Tensor) -> torch.Tensor:
@@ -77,16 +91,11 @@ def nearest_uniform(w: torch.Tensor, layout: FlatLayout, centroids: torch.Tensor
 
 def nearest_dense(w: torch.Tensor, layout: FlatLayout, centroids: torch.Tensor) -> torch.Tensor:
     """Nearest cluster of every weight by comparing all K clusters (first index on ties)."""
-    best_cost = best_index = None
-    for k in range(centroids.shape[1]):
-        cost = (w - _column(centroids, k, layout)).square_()
-        if best_cost is None:
-            best_cost, best_index = cost, torch.zeros_like(w, dtype=torch.int64)
-            continue
-        better = cost < best_cost
-        best_cost = torch.where(better, cost, best_cost)
-        best_index = torch.where(better, k, best_index)
-    return best_index
+    out = torch.empty(layout.size, dtype=torch.int64, device=w.device)
+    for part in _chunks(layout, centroids.shape[1]):
+        distance = w[part][:, None] - centroids.index_select(0, layout.segment[part])
+        out[part] = distance.square_().argmin(dim=1)
+    return out
 
 
 def cluster_pmf_rows(counts: torch.Tensor, zero_index: torch.Tensor, mode: str) -> torch.Tensor:
@@ -199,18 +208,11 @@ def entropy_penalty(
 def argmin_cost(
     w: torch.Tensor, layout: FlatLayout, centroids: torch.Tensor, penalty: torch.Tensor
 ) -> torch.Tensor:
-    """argmin_c (w − value_c)² + penalty_c per weight, first index on ties (float32, as the per-tensor
-    path)."""
-    best_cost = best_index = None
-    for k in range(centroids.shape[1]):
-        cost = (w - _column(centroids, k, layout)).square_().add_(_column(penalty, k, layout))
-        if best_cost is None:
-            best_cost, best_index = cost, torch.zeros_like(w, dtype=torch.int64)
-            continue
-        better = cost < best_cost
-        best_cost = torch.where(better, cost, best_cost)
-        best_index = torch.where(better, k, best_index)
-    return best_index
+    """argmin_c (w − value_c)² + penalty_c per weight, first index on ties (float32, as the per-tensor path)."""
+    out = torch.empty(layout.size, dtype=torch.int64, device=w.device)
+    for part in _chunks(layout, centroids.shape[1]):
+        out[part] = _costs(w[part], layout.segment[part], centroids, penalty).argmin(dim=1)
+    return out
 
 
 def _summarise(
@@ -220,29 +222,26 @@ def _summarise(
     penalty: torch.Tensor,
     zero_index: torch.Tensor,
 ) -> _Summary:
-    k_all = centroids.shape[1]
+    k = centroids.shape[1]
     zero_row = torch.cat([zero_index, zero_index.new_zeros(1)])
+    position = torch.arange(k, device=w.device)
+    below_penalty = torch.where(position < zero_row[:, None], penalty, math.inf)
+    above_penalty = torch.where(position > zero_row[:, None], penalty, math.inf)
+    zero_cost = torch.empty_like(w)
+    below_cost, above_cost = torch.empty_like(w), torch.empty_like(w)
+    below_index = torch.empty(layout.size, dtype=torch.int64, device=w.device)
+    above_index = torch.empty_like(below_index)
     zero_element = layout.gather(zero_row)
-    flat_index = layout.segment * k_all + zero_element
-    zero_cost = (w - centroids.reshape(-1).index_select(0, flat_index)).square() + penalty.reshape(
-        -1
-    ).index_select(0, flat_index)
-    position = torch.arange(k_all, device=w.device)
-    side_penalty = {
-        "below": torch.where(position < zero_row[:, None], penalty, math.inf),
-        "above": torch.where(position > zero_row[:, None], penalty, math.inf),
-    }
-    best = {}
-    for side, table in side_penalty.items():
-        best_cost = torch.full_like(w, math.inf)
-        best_index = torch.zeros_like(w, dtype=torch.int64)
-        for k in range(k_all):
-            cost = (w - _column(centroids, k, layout)).square_().add_(_column(table, k, layout))
-            better = cost < best_cost
-            best_cost = torch.where(better, cost, best_cost)
-            best_index = torch.where(better, k, best_index)
-        best[side] = (best_cost, best_index)
-    return _Summary(zero_cost, *best["below"], *best["above"])
+    for part in _chunks(layout, k):
+        segment = layout.segment[part]
+        distance = (w[part][:, None] - centroids.index_select(0, segment)).square_()
+        zero_cost[part] = (distance + penalty.index_select(0, segment)).gather(1, zero_element[part, None])[
+            :, 0
+        ]
+        # a side without finite clusters keeps index 0 and an infinite cost, as the per-tensor path
+        below_cost[part], below_index[part] = (distance + below_penalty.index_select(0, segment)).min(dim=1)
+        above_cost[part], above_index[part] = (distance + above_penalty.index_select(0, segment)).min(dim=1)
+    return _Summary(zero_cost, below_cost, below_index, above_cost, above_index)
 
 
 def _argmin_with_zero_cost(s: _Summary, zero_cost: torch.Tensor, zero_element: torch.Tensor) -> torch.Tensor:
@@ -253,7 +252,7 @@ def _argmin_with_zero_cost(s: _Summary, zero_cost: torch.Tensor, zero_element: t
 
 
 def _fraction(layout: FlatLayout, mask: torch.Tensor) -> torch.Tensor:
-    return layout.count_true(mask).to(torch.float64) / layout.numel_tensor.to(torch.float64)
+    return layout.count_true(mask) / layout.numel_float64
 
 
 def normalised_relevance(layout: FlatLayout, relevance: torch.Tensor):
@@ -265,35 +264,45 @@ def normalised_relevance(layout: FlatLayout, relevance: torch.Tensor):
     return r, low != high
 
 
+def _padded(values: torch.Tensor, fill) -> torch.Tensor:
+    """``values`` with one more entry for the layout's padding segment."""
+    return torch.cat([values, values.new_full((1,), fill)])
+
+
 def _beta_search(
     layout: FlatLayout, s: _Summary, r: torch.Tensor, searching: torch.Tensor, s_ecq: torch.Tensor, p: float
 ):
-    """All tensors' β searches in lock step (module docstring); returns the final β per tensor (float64)."""
-    n = layout.numel_tensor.to(torch.float64)
+    """All tensors' β searches in lock step (module docstring); returns the final β per tensor (float64).
+
+    Each trial counts, per tensor, the zeros of the log-domain test and of the exact cost comparison in one
+    ``index_add_``; the reference consults the exact count only when the log-domain count is admissible.
+    The 51st trial of the reference only decides to stop, so 50 trials give the same β.
+    """
+    n = layout.numel_float64
     mean_r = layout.sum(torch.where(layout.valid, r.double(), 0.0)) / n
-    beta = math.log(0.5) / torch.log(mean_r)
+    beta = _padded(math.log(0.5) / torch.log(mean_r), 0.0)
     log_r = torch.log(r + RELEVANCE_EPS)
     log_room = torch.log(torch.minimum(s.below_cost, s.above_cost) / (2.0 * s.zero_cost))
-    low_bound = s_ecq - p
-    done = ~searching
-    for iteration in range(BETA_EVALUATIONS):
-        beta_element = layout.gather(
-            torch.cat([beta.to(torch.float32), beta.new_zeros(1, dtype=torch.float32)])
-        )
-        trial = beta_element * log_r
-        s_x = layout.count_true(trial < log_room).to(torch.float64) / n
-        zero_cost = s.zero_cost * (2.0 * torch.exp(trial))
-        is_zero = (zero_cost < s.below_cost) & (zero_cost <= s.above_cost)
-        exact = layout.count_true(is_zero).to(torch.float64) / n
-        s_x = torch.where((low_bound <= s_x) & (s_x <= s_ecq), exact, s_x)
-        finished = (low_bound <= s_x) & (s_x <= s_ecq)
-        if iteration == BETA_EVALUATIONS - 1:
-            break
-        done = done | finished
+    high = _padded(s_ecq, 1.0)
+    low = (high - p)[:, None]
+    high_column = high[:, None]
+    n_column = _padded(n, 1.0)[:, None]
+    done = _padded(~searching, True)
+    segment = layout.segment
+    for iteration in range(BETA_EVALUATIONS - 1):
+        trial = beta.to(torch.float32).index_select(0, segment) * log_r
+        exact_cost = s.zero_cost * (2.0 * torch.exp(trial))
+        zeros = torch.stack([trial < log_room, (exact_cost < s.below_cost) & (exact_cost <= s.above_cost)], 1)
+        counts = torch.zeros(beta.shape[0], 2, dtype=torch.int64, device=beta.device)
+        fraction = counts.index_add_(0, segment, zeros.to(torch.int64)) / n_column
+        approx_admissible, exact_admissible = ((low <= fraction) & (fraction <= high_column)).unbind(1)
+        approx_fraction, exact_fraction = fraction.unbind(1)
+        done = done | (approx_admissible & exact_admissible)
+        used = torch.where(approx_admissible, exact_fraction, approx_fraction)
         step = 0.1 if iteration < 20 else 0.5 if iteration < 40 else 0.75
-        direction = torch.sign(s_ecq - s_x)
-        beta = torch.where(done, beta, torch.clamp(beta * (1.0 + step * direction), max=1.0))
-    return beta
+        factor = torch.sign(high - used).mul_(step).add_(1.0)
+        beta = torch.where(done, beta, (beta * factor).clamp_(max=1.0))
+    return beta[:-1]
 
 
 def group_assign(
@@ -318,7 +327,7 @@ def group_assign(
     penalty, lam, lam_max = entropy_penalty(
         w, layout, centroids, zero_index, lam_decay, pmf_mode, lambda_rule, empty_clusters, nearest
     )
-    zero_element = layout.gather(torch.cat([zero_index, zero_index.new_zeros(1)]))
+    zero_element = layout.gather(torch.nn.functional.pad(zero_index, (0, 1)))
     flips = torch.zeros_like(layout.numel_tensor)
     if relevance is None:
         indices = argmin_cost(w, layout, centroids, penalty)
@@ -330,10 +339,10 @@ def group_assign(
     r, informative = normalised_relevance(layout, relevance)
     searching = informative & (s_ecq > p)
     beta = _beta_search(layout, summary, r, searching, s_ecq, p)
-    beta_element = layout.gather(torch.cat([beta.to(torch.float32), beta.new_zeros(1, dtype=torch.float32)]))
+    beta_element = layout.gather(torch.nn.functional.pad(beta.to(torch.float32), (0, 1)))
     zero_cost = summary.zero_cost * (2.0 * torch.exp(beta_element * torch.log(r + RELEVANCE_EPS)))
     relevant = _argmin_with_zero_cost(summary, zero_cost, zero_element)
-    relevant = torch.where(layout.gather(torch.cat([searching, searching.new_zeros(1)])), relevant, indices)
+    relevant = torch.where(layout.gather(torch.nn.functional.pad(searching, (0, 1))), relevant, indices)
     flips = layout.count_true(relevant != indices)
     return GroupAssignment(
         relevant,

@@ -69,6 +69,7 @@ class FlatLayout:
             table[i, : len(b)] = b
         self._block_table = table.to(device)
         self.numel_tensor = torch.tensor(self.numels, dtype=torch.int64, device=device)
+        self.numel_float64 = self.numel_tensor.to(torch.float64)
         self.valid = self.segment < t
 
     def to(self, device) -> FlatLayout:
@@ -119,13 +120,15 @@ class FlatLayout:
 
     def count_true(self, mask: torch.Tensor) -> torch.Tensor:
         """``[T]`` int64: number of true elements of a bool buffer per tensor (padding ignored)."""
-        return self.count(mask.to(torch.int64), 2)[:, 1]
+        counts = torch.zeros(self.num_tensors + 1, dtype=torch.int64, device=mask.device)
+        return counts.index_add_(0, self.segment, mask.to(torch.int64))[: self.num_tensors]
 
     def sum(self, values: torch.Tensor) -> torch.Tensor:
-        """``[T]`` float64 sums of each tensor's elements (padding must hold zeros), order-independent of
-        runs."""
-        partial = values.to(torch.float64).view(-1, self.block).sum(dim=1)
-        partial = torch.cat([partial, partial.new_zeros(1)])
+        """``[T, ...]`` float64 sums of each tensor's elements (``values``: ``[size, ...]``; padding must hold
+        zeros), the same on every run."""
+        columns = values.shape[1:]
+        partial = values.to(torch.float64).view(-1, self.block, *columns).sum(dim=1)
+        partial = torch.cat([partial, partial.new_zeros(1, *columns)])
         return partial[self._block_table].sum(dim=1)
 
     def masked_sum(self, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
