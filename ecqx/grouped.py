@@ -53,7 +53,7 @@ class _Summary:
 
 
 #: elements of one ``[chunk, K]`` cost matrix (64 MiB of float32); the weights are processed in chunks of
-#: ``CHUNK_ELEMENTS // K``, so the number of operations grows with the model size, never with its tensor count.
+#: ``CHUNK_ELEMENTS // K``: the number of operations grows with the model size, not with its tensor count.
 CHUNK_ELEMENTS = 1 << 24
 
 
@@ -208,7 +208,7 @@ def entropy_penalty(
 def argmin_cost(
     w: torch.Tensor, layout: FlatLayout, centroids: torch.Tensor, penalty: torch.Tensor
 ) -> torch.Tensor:
-    """argmin_c (w − value_c)² + penalty_c per weight, first index on ties (float32, as the per-tensor path)."""
+    """argmin_c (w − value_c)² + penalty_c per weight, first index on ties (the per-tensor float32 math)."""
     out = torch.empty(layout.size, dtype=torch.int64, device=w.device)
     for part in _chunks(layout, centroids.shape[1]):
         out[part] = _costs(w[part], layout.segment[part], centroids, penalty).argmin(dim=1)
