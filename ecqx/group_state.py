@@ -447,8 +447,6 @@ class TernaryGroup(_GroupBase):
     """
 
     method = "ec2t"
-    #: column order [−a, 0, b] from [0, a, b]
-    _ORDER = torch.tensor([1, 0, 2])
 
     def __init__(
         self,
@@ -464,7 +462,9 @@ class TernaryGroup(_GroupBase):
         super().__init__(names, shapes, gamma, mode, device)
         self.init_scale, self.resolution, self.snap_rtol = init_scale, resolution, snap_rtol
         # ∂/∂w_n = −Σ_n g in clean mode (the value is −w_n), +Σ_n g in faithful mode (spec §7)
-        self._gradient_sign = torch.tensor([-1.0 if mode == "clean" else 1.0, 1.0])
+        self._gradient_sign = torch.tensor([-1.0 if mode == "clean" else 1.0, 1.0], device=self.device)
+        self._sides = torch.tensor([-1, 1], dtype=torch.int64, device=self.device)
+        self._order = torch.tensor([1, 0, 2], device=self.device)  # columns [−a, 0, b] from [0, −a, b]
         self.phase = "assign"
         self.magnitudes: torch.Tensor | None = None
         self.qp: list[int] = []
@@ -497,15 +497,12 @@ class TernaryGroup(_GroupBase):
     def _set_multiples(self, multiples: torch.Tensor) -> None:
         """a, b per tensor, and the tables derived from them (levels, values, gradient scales)."""
         self._multiples = multiples
-        levels = multiples * torch.tensor([-1, 1], dtype=torch.int64, device=multiples.device)
-        levels = torch.nn.functional.pad(levels, (1, 0)).index_select(1, self._ORDER.to(multiples.device))
+        levels = torch.nn.functional.pad(multiples * self._sides, (1, 0)).index_select(1, self._order)
         self._level_rows = torch.nn.functional.pad(levels.to(torch.int32), (0, 0, 0, 1))
         self._centroid_rows = torch.nn.functional.pad(levels.to(torch.float32) * self._step32, (0, 0, 0, 1))
         # the gradient scale of the TTQ rule: a·Δ, 1, b·Δ (magnitudes rounded from float64, as in the oracle)
         magnitude = (multiples.double() * self._step64).to(torch.float32)
-        scale = torch.nn.functional.pad(magnitude, (1, 0), value=1.0).index_select(
-            1, self._ORDER.to(multiples.device)
-        )
+        scale = torch.nn.functional.pad(magnitude, (1, 0), value=1.0).index_select(1, self._order)
         self._scale_rows = torch.nn.functional.pad(scale, (0, 0, 0, 1))
 
     def _floor(self) -> torch.Tensor:
@@ -540,7 +537,7 @@ class TernaryGroup(_GroupBase):
         grad = self.grad
         sides = torch.stack([self.indices == NEGATIVE, self.indices == POSITIVE], dim=1)
         sums = self.layout.sum(torch.where(sides, grad[:, None].double(), 0.0)).to(grad.dtype)
-        magnitude_grad = sums * self._gradient_sign.to(sums.device)
+        magnitude_grad = sums * self._gradient_sign
         if self.magnitudes.grad is None:
             self.magnitudes.grad = magnitude_grad
         else:
@@ -638,6 +635,7 @@ class TernaryGroup(_GroupBase):
         self.phase = state.get("phase", self.phase)
 
     def _moved_to(self, device: torch.device) -> None:
+        self._set_multiples(self._multiples)  # derived tables on the new device
         if self.magnitudes is not None and self.magnitudes.device != device:
             self.magnitudes = self.magnitudes.detach().to(device).requires_grad_(True)
 
