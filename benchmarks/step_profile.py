@@ -39,6 +39,7 @@ import gc
 import logging
 import math
 import random
+import re
 import statistics
 import time
 import warnings
@@ -52,6 +53,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback
 from torch import nn
+from torch.autograd import DeviceType
 
 #: ops that block the host on CUDA (see the module docstring); ``aten::repeat_interleave`` is added when it
 #: runs an ``.item()`` (tensor repeats without ``output_size``)
@@ -67,6 +69,7 @@ SYNC_OPS = frozenset({
     "aten::bincount",  # asks the host for the largest value on CUDA
     "aten::equal",
 })
+_RUNTIME_VERSION = re.compile(r"_v\d+$")
 CUDA_SYNC_CALLS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy")
 CUDA_LAUNCH_CALLS = ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx",
                      "cudaLaunchCooperativeKernel")
@@ -92,7 +95,8 @@ class StepProfile:
     sync_ops: dict[str, float] = field(default_factory=dict)  # per step, by op name
     top_ops: dict[str, float] = field(default_factory=dict)  # the most frequent top-level ops, per step
     cuda_sync_calls: dict[str, float] | None = None  # per step, by runtime call
-    kernel_launches: float | None = None  # per step (CUDA)
+    kernel_launches: float | None = None  # per step (CUDA): kernel launch runtime calls on the host
+    gpu_kernels: float | None = None  # per step (CUDA): kernels recorded on the device
     quantized_tensors: int = 0
     quantized_weights: int = 0
     state_dict_bytes: int = 0
@@ -208,12 +212,17 @@ def count_events(events) -> dict[str, Any]:
     """Totals over a profiler's ``events()``: top-level and all-depth aten ops, host syncs, CUDA calls."""
     top, syncs = Counter(), Counter()
     all_ops = 0
-    cuda_calls, launches = Counter(), 0
+    cuda_calls, launches, gpu_kernels = Counter(), 0, 0
     for event in events:
         name = event.name
-        if name in CUDA_SYNC_CALLS:
-            cuda_calls[name] += 1
-        elif name in CUDA_LAUNCH_CALLS:
+        if getattr(event, "device_type", None) == DeviceType.CUDA:  # device-side activity
+            if not name.startswith(("Memcpy", "Memset")):
+                gpu_kernels += 1
+            continue
+        runtime = _RUNTIME_VERSION.sub("", name)  # CUPTI may name runtime calls e.g. cudaLaunchKernel_v7000
+        if runtime in CUDA_SYNC_CALLS:
+            cuda_calls[runtime] += 1
+        elif runtime in CUDA_LAUNCH_CALLS:
             launches += 1
         if not _is_aten(name):
             continue
@@ -223,7 +232,8 @@ def count_events(events) -> dict[str, Any]:
             top[name] += 1
         if _is_sync(event) and not any(_is_sync(a) for a in ancestors):
             syncs[name] += 1
-    return {"top": top, "all": all_ops, "syncs": syncs, "cuda_calls": cuda_calls, "launches": launches}
+    return {"top": top, "all": all_ops, "syncs": syncs, "cuda_calls": cuda_calls, "launches": launches,
+            "gpu_kernels": gpu_kernels}
 
 
 # ---------------------------------------------------------------------------------------------- memory
@@ -446,6 +456,7 @@ def measure_steps(
                 calls["cudaDeviceSynchronize"] -= 1
             result.cuda_sync_calls = {k: v * per for k, v in sorted(calls.items())}
             result.kernel_launches = counts["launches"] * per
+            result.gpu_kernels = counts["gpu_kernels"] * per
     quantizer = _quantization_callback(callbacks or [])
     if quantizer is not None and module is not None:
         params = dict(module.named_parameters())
