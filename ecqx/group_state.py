@@ -141,9 +141,7 @@ class _GroupBase:
         torch._foreach_copy_(self.shadow_views, [w.detach() for w in weights])
 
     def _write_quantized(self, indices: torch.Tensor) -> None:
-        centroids = self._centroids()
-        k = centroids.shape[1]
-        torch.index_select(centroids.reshape(-1), 0, self.layout.segment * k + indices, out=self.quantized)
+        self.quantized.copy_(self.layout.take(self._centroids(), indices))
 
     def _check_weights(self, weights: Sequence[torch.Tensor]) -> None:
         if len(weights) != len(self.names):
@@ -171,8 +169,7 @@ class _GroupBase:
     def _level_buffer(self) -> torch.Tensor:
         if self.indices is None:
             raise RuntimeError("no assignment yet: call initialise() or requantize() first")
-        k = self._level_table().shape[1]
-        return self._level_table().reshape(-1).index_select(0, self.layout.segment * k + self.indices)
+        return self.layout.take(self._level_table(), self.indices)
 
     def levels(self) -> dict[str, torch.Tensor]:
         """Integer levels (int32) of every tensor's current assignment, by name."""
@@ -343,7 +340,7 @@ class UniformGroup(_GroupBase):
         self.grids = grids
         device = self.device
         self._levels = _with_padding_row(torch.stack([g.level_tensor(device) for g in grids]))
-        self._centroid_table = _with_padding_row(torch.stack([g.values(device) for g in grids]))
+        self._centroid_table = torch.stack([g.values(device) for g in grids])
         self._zero_index = torch.tensor([g.zero_index for g in grids], dtype=torch.int64, device=device)
 
     def _level_table(self) -> torch.Tensor:
@@ -497,13 +494,10 @@ class TernaryGroup(_GroupBase):
     def _set_multiples(self, multiples: torch.Tensor) -> None:
         """a, b per tensor, and the tables derived from them (levels, values, gradient scales)."""
         self._multiples = multiples
-        levels = torch.nn.functional.pad(multiples * self._sides, (1, 0)).index_select(1, self._order)
-        self._level_rows = torch.nn.functional.pad(levels.to(torch.int32), (0, 0, 0, 1))
-        self._centroid_rows = torch.nn.functional.pad(levels.to(torch.float32) * self._step32, (0, 0, 0, 1))
-        # the gradient scale of the TTQ rule: a·Δ, 1, b·Δ (magnitudes rounded from float64, as in the oracle)
-        magnitude = (multiples.double() * self._step64).to(torch.float32)
-        scale = torch.nn.functional.pad(magnitude, (1, 0), value=1.0).index_select(1, self._order)
-        self._scale_rows = torch.nn.functional.pad(scale, (0, 0, 0, 1))
+        self._signed = torch.nn.functional.pad(multiples * self._sides, (1, 0)).index_select(1, self._order)
+        self._centroid_rows = self._signed.to(torch.float32) * self._step32
+        # the TTQ gradient scale a·Δ, 1, b·Δ: a·Δ and b·Δ are exact in float32 (≤ 16 + 8 significant bits)
+        self._scale_rows = self._centroid_rows.abs().index_fill_(1, self._order[:1], 1.0)
 
     def _floor(self) -> torch.Tensor:
         """0.675·std(shadow) per tensor (float64), computed once per version of the shadow buffer."""
@@ -520,7 +514,7 @@ class TernaryGroup(_GroupBase):
         self._set_multiples(torch.maximum(rounded, at_floor).clamp_(min=1.0).to(torch.int64))
 
     def _level_table(self) -> torch.Tensor:
-        return self._level_rows
+        return _with_padding_row(self._signed.to(torch.int32))
 
     def _centroids(self) -> torch.Tensor:
         return self._centroid_rows
@@ -544,7 +538,7 @@ class TernaryGroup(_GroupBase):
             self.magnitudes.grad = self.magnitudes.grad + magnitude_grad
         if self.phase == "frozen":
             return False
-        scale = self._scale_rows.reshape(-1).index_select(0, self.layout.segment * 3 + self.indices)
+        scale = self.layout.take(self._scale_rows, self.indices)
         torch.mul(grad, scale, out=grad)
         return True
 
@@ -563,7 +557,7 @@ class TernaryGroup(_GroupBase):
         self._refresh_multiples()
         centroids = self._centroids()
         if self.phase == "assign" or self.indices is None:
-            zero_index = torch.ones(len(self.names), dtype=torch.int64, device=self.device)
+            zero_index = self._order[:1].expand(len(self.names))  # index 1: the zero value
             self._record(
                 group_assign(
                     self.shadow,

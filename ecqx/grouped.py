@@ -7,8 +7,8 @@ pmf, information content, λ_max, λ, penalties, sparsities, the ECQx β) are ``
 tensors, per-element quantities are flat buffers, and every loop runs over clusters or β trials, never over
 tensors or weights. Nothing here calls ``.item()``: a training step stays on the device.
 
-The grid of tensor ``t`` is row ``t`` of ``centroids`` (``[T + 1, K]`` float32, ascending, row ``T`` belongs
-to the layout's padding) with its zero cluster at ``zero_index[t]``.
+The grid of tensor ``t`` is row ``t`` of ``centroids`` (``[T, K]`` float32, ascending) with its zero cluster
+at ``zero_index[t]``.
 
 ECQx's β search (spec §3.5) is the reference's sequential search run for every tensor in lock step: all 51
 trials are evaluated, and a tensor whose search has ended keeps its β, so the outcome equals the per-tensor
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from ecqx._checks import check_choice
-from ecqx.assign import BETA_EVALUATIONS, EMPTY_CLUSTER_RULES, RELEVANCE_EPS
+from ecqx.assign import BETA_EVALUATIONS, EMPTY_CLUSTER_RULES, RELEVANCE_EPS, ec_assign
 from ecqx.entropy import LAMBDA_RULES, PMF_MODES, ZERO_FLOOR
 from ecqx.layout import FlatLayout
 
@@ -55,19 +55,29 @@ class _Summary:
 #: elements of one ``[chunk, K]`` cost matrix (64 MiB of float32); the weights are processed in chunks of
 #: ``CHUNK_ELEMENTS // K``: the number of operations grows with the model size, not with its tensor count.
 CHUNK_ELEMENTS = 1 << 24
+#: on the CPU, end the lock-step β search once every tensor's search has ended (same result, fewer trials);
+#: accelerators always run all trials, since asking whether they are done would wait for the device.
+STOP_WHEN_DONE_ON_CPU = True
+PATHS = ("auto", "grouped", "per_tensor")
+#: which implementation :func:`group_assign` runs: ``"grouped"`` (all tensors at once, fixed operation count,
+#: no host synchronisation: what accelerators need), ``"per_tensor"`` (:func:`ecqx.assign.ec_assign` per
+#: tensor, with its data-dependent early exits) or ``"auto"``: per tensor on the CPU, where reading a value
+#: waits for nothing and large tensors are assigned faster that way, grouped everywhere else. Both give the
+#: same results bit for bit (tests/test_group_state.py runs both).
+PATH = "auto"
 
 
 def _chunks(layout: FlatLayout, k: int):
-    size = max(1, CHUNK_ELEMENTS // k)
-    for start in range(0, layout.size, size):
-        yield slice(start, min(start + size, layout.size))
+    """Slices of whole blocks, ``CHUNK_ELEMENTS // k`` weights at a time."""
+    size = max(1, CHUNK_ELEMENTS // (k * layout.block))
+    for start in range(0, layout.num_blocks, size):
+        yield slice(start, min(start + size, layout.num_blocks))
 
 
-def _costs(
-    w: torch.Tensor, segment: torch.Tensor, centroids: torch.Tensor, penalty: torch.Tensor
-) -> torch.Tensor:
-    """``[n, K]`` float32 costs (w − value_c)² + penalty_c, the per-tensor path's arithmetic."""
-    return (w[:, None] - centroids.index_select(0, segment)).square_().add_(penalty.index_select(0, segment))
+def _distances(w: torch.Tensor, layout: FlatLayout, centroids: torch.Tensor, part: slice) -> torch.Tensor:
+    """``[blocks, block, K]`` float32 (w − value_c)² of the blocks in ``part`` (the per-tensor arithmetic)."""
+    values = layout.rows(centroids)[part]
+    return (layout.blocks(w)[part][:, :, None] - values[:, None, :]).square_()
 
 
 def nearest_uniform(w: torch.Tensor, layout: FlatLayout, centroids: torch.Tensor) -> torch.Tensor:
@@ -79,23 +89,21 @@ def nearest_uniform(w: torch.Tensor, layout: FlatLayout, centroids: torch.Tensor
     k = centroids.shape[1]
     spacing = centroids[:, -1].double() - centroids[:, 0].double()
     inverse = torch.where(spacing > 0, (k - 1) / spacing, 0.0).to(torch.float32)
-    first = centroids[:, 0]
-    low = ((w - layout.gather(first)) * layout.gather(inverse)).floor_().clamp_(0, k - 2).to(torch.int64)
-    flat = centroids.reshape(-1)
-    base = layout.segment * k
-    high_value = flat.index_select(0, base + low + 1)
-    low_value = flat.index_select(0, base + low)
+    first = layout.rows(centroids[:, 0])[:, None]
+    scaled = (layout.blocks(w) - first) * layout.rows(inverse)[:, None]
+    low = scaled.floor_().clamp_(0, k - 2).to(torch.int64).view(-1)
+    high_value = layout.take(centroids, low + 1)
+    low_value = layout.take(centroids, low)
     take_high = (w - high_value).square_() < (w - low_value).square_()
     return low.add_(take_high)
 
 
 def nearest_dense(w: torch.Tensor, layout: FlatLayout, centroids: torch.Tensor) -> torch.Tensor:
     """Nearest cluster of every weight by comparing all K clusters (first index on ties)."""
-    out = torch.empty(layout.size, dtype=torch.int64, device=w.device)
+    out = layout.blocks(torch.empty(layout.size, dtype=torch.int64, device=w.device))
     for part in _chunks(layout, centroids.shape[1]):
-        distance = w[part][:, None] - centroids.index_select(0, layout.segment[part])
-        out[part] = distance.square_().argmin(dim=1)
-    return out
+        out[part] = _distances(w, layout, centroids, part).argmin(dim=2)
+    return out.view(-1)
 
 
 def cluster_pmf_rows(counts: torch.Tensor, zero_index: torch.Tensor, mode: str) -> torch.Tensor:
@@ -116,9 +124,8 @@ def cluster_pmf_rows(counts: torch.Tensor, zero_index: torch.Tensor, mode: str) 
         deficit_after = ZERO_FLOOR - p_zero_updated
         below = (1.0 - deficit_before / rest)[:, None]
         above = (1.0 - deficit_after / rest)[:, None]
-        factors = torch.where(
-            k < zero_index[:, None], below, torch.where(k > zero_index[:, None], above, 1.0)
-        )
+        zero_column = zero_index[:, None]
+        factors = torch.where(k < zero_column, below, torch.where(k > zero_column, above, 1.0))
         floored = pmf * factors
     floored = torch.where(k == zero_index[:, None], ZERO_FLOOR, floored)
     return torch.where(raise_zero[:, None], floored, pmf)
@@ -156,11 +163,12 @@ def lambda_max_rows(
     t, k = used.shape
     rows = torch.arange(t, device=used.device)
     position = torch.arange(k, device=used.device)
-    below = used & (position < zero_index[:, None])
-    above = used & (position > zero_index[:, None])
+    zero_column = zero_index[:, None]
+    below = used & (position < zero_column)
+    above = used & (position > zero_column)
     low = torch.where(below, position, k).amin(dim=1).clamp_(max=k - 1)
     high = torch.where(above, position, -1).amax(dim=1).clamp_(min=0)
-    c = centroids[:t].double()
+    c = centroids.double()
     info_zero = info[rows, zero_index]
     sides = torch.stack(
         [
@@ -187,7 +195,7 @@ def entropy_penalty(
     empty_clusters: str,
     nearest: torch.Tensor,
 ):
-    """``(penalty [T+1, K] float32, λ [T], λ_max [T])`` from the nearest-level pre-assignment ``nearest``.
+    """``(penalty [T, K] float32, λ [T], λ_max [T])`` from the nearest-level pre-assignment ``nearest``.
 
     ``lam_decay`` is Λ·δ_l per tensor (float64); penalty = λ·I_c, zero everywhere where λ = 0.
     """
@@ -200,8 +208,8 @@ def entropy_penalty(
     info = -torch.log2(cluster_pmf_rows(counts, zero_index, pmf_mode))
     lam_max = lambda_max_rows(layout.amin(w), layout.amax(w), centroids, used, info, zero_index, lambda_rule)
     lam = lam_decay * lam_max
-    penalty = torch.where(lam[:, None] == 0, 0.0, lam[:, None] * info).to(torch.float32)
-    penalty = torch.cat([penalty, penalty.new_zeros(1, k)])
+    lam_column = lam[:, None]
+    penalty = torch.where(lam_column == 0, 0.0, lam_column * info).to(torch.float32)
     return penalty, lam, lam_max
 
 
@@ -209,10 +217,11 @@ def argmin_cost(
     w: torch.Tensor, layout: FlatLayout, centroids: torch.Tensor, penalty: torch.Tensor
 ) -> torch.Tensor:
     """argmin_c (w − value_c)² + penalty_c per weight, first index on ties (the per-tensor float32 math)."""
-    out = torch.empty(layout.size, dtype=torch.int64, device=w.device)
+    out = layout.blocks(torch.empty(layout.size, dtype=torch.int64, device=w.device))
+    penalty_rows = layout.rows(penalty)[:, None, :]
     for part in _chunks(layout, centroids.shape[1]):
-        out[part] = _costs(w[part], layout.segment[part], centroids, penalty).argmin(dim=1)
-    return out
+        out[part] = _distances(w, layout, centroids, part).add_(penalty_rows[part]).argmin(dim=2)
+    return out.view(-1)
 
 
 def _summarise(
@@ -223,24 +232,28 @@ def _summarise(
     zero_index: torch.Tensor,
 ) -> _Summary:
     k = centroids.shape[1]
-    zero_row = torch.cat([zero_index, zero_index.new_zeros(1)])
+    zero_row = zero_index
     position = torch.arange(k, device=w.device)
     below_penalty = torch.where(position < zero_row[:, None], penalty, math.inf)
     above_penalty = torch.where(position > zero_row[:, None], penalty, math.inf)
-    zero_cost = torch.empty_like(w)
-    below_cost, above_cost = torch.empty_like(w), torch.empty_like(w)
-    below_index = torch.empty(layout.size, dtype=torch.int64, device=w.device)
-    above_index = torch.empty_like(below_index)
-    zero_element = layout.gather(zero_row)
+    blocks = layout.blocks
+    zero_cost, below_cost, above_cost = (blocks(torch.empty_like(w)) for _ in range(3))
+    below_index, above_index = (
+        blocks(torch.empty(layout.size, dtype=torch.int64, device=w.device)) for _ in range(2)
+    )
+    rows = {
+        name: layout.rows(table)[:, None, :]
+        for name, table in (("all", penalty), ("below", below_penalty), ("above", above_penalty))
+    }
+    zero_column = layout.rows(zero_row)[:, None, None].expand(-1, layout.block, 1)
     for part in _chunks(layout, k):
-        segment = layout.segment[part]
-        distance = (w[part][:, None] - centroids.index_select(0, segment)).square_()
-        zero_cost[part] = (distance + penalty.index_select(0, segment)).gather(1, zero_element[part, None])[
-            :, 0
-        ]
+        distance = _distances(w, layout, centroids, part)
+        zero_cost[part] = (distance + rows["all"][part]).gather(2, zero_column[part])[:, :, 0]
         # a side without finite clusters keeps index 0 and an infinite cost, as the per-tensor path
-        below_cost[part], below_index[part] = (distance + below_penalty.index_select(0, segment)).min(dim=1)
-        above_cost[part], above_index[part] = (distance + above_penalty.index_select(0, segment)).min(dim=1)
+        below_cost[part], below_index[part] = (distance + rows["below"][part]).min(dim=2)
+        above_cost[part], above_index[part] = (distance + rows["above"][part]).min(dim=2)
+    zero_cost, below_cost, above_cost = zero_cost.view(-1), below_cost.view(-1), above_cost.view(-1)
+    below_index, above_index = below_index.view(-1), above_index.view(-1)
     return _Summary(zero_cost, below_cost, below_index, above_cost, above_index)
 
 
@@ -252,7 +265,8 @@ def _argmin_with_zero_cost(s: _Summary, zero_cost: torch.Tensor, zero_element: t
 
 
 def _fraction(layout: FlatLayout, mask: torch.Tensor) -> torch.Tensor:
-    return layout.count_true(mask) / layout.numel_float64
+    """Fraction of true elements per tensor (``mask``: flat or ``[blocks, block]``)."""
+    return layout.count_true(mask.reshape(-1)) / layout.numel_float64
 
 
 def normalised_relevance(layout: FlatLayout, relevance: torch.Tensor):
@@ -264,45 +278,42 @@ def normalised_relevance(layout: FlatLayout, relevance: torch.Tensor):
     return r, low != high
 
 
-def _padded(values: torch.Tensor, fill) -> torch.Tensor:
-    """``values`` with one more entry for the layout's padding segment."""
-    return torch.cat([values, values.new_full((1,), fill)])
-
-
 def _beta_search(
     layout: FlatLayout, s: _Summary, r: torch.Tensor, searching: torch.Tensor, s_ecq: torch.Tensor, p: float
 ):
     """All tensors' β searches in lock step (module docstring); returns the final β per tensor (float64).
 
-    Each trial counts, per tensor, the zeros of the log-domain test and of the exact cost comparison in one
-    ``index_add_``; the reference consults the exact count only when the log-domain count is admissible.
+    Each trial counts, per tensor, the zeros of the log-domain test and of the exact cost comparison (dense
+    per-block sums); the reference consults the exact count only when the log-domain count is admissible.
     The 51st trial of the reference only decides to stop, so 50 trials give the same β.
     """
     n = layout.numel_float64
     mean_r = layout.sum(torch.where(layout.valid, r.double(), 0.0)) / n
-    beta = _padded(math.log(0.5) / torch.log(mean_r), 0.0)
+    beta = math.log(0.5) / torch.log(mean_r)
     log_r = torch.log(r + RELEVANCE_EPS)
     log_room = torch.log(torch.minimum(s.below_cost, s.above_cost) / (2.0 * s.zero_cost))
-    high = _padded(s_ecq, 1.0)
-    low = (high - p)[:, None]
-    high_column = high[:, None]
-    n_column = _padded(n, 1.0)[:, None]
-    done = _padded(~searching, True)
-    segment = layout.segment
+    high, low = s_ecq, s_ecq - p
+    n_column = n[:, None]
+    done = ~searching
+    # padding: no zero in either test, so the per-block counts need no mask
+    log_room = layout.blocks(torch.where(layout.valid, log_room, -math.inf))
+    below = layout.blocks(torch.where(layout.valid, s.below_cost, -math.inf))
+    log_r, zero_cost, above = layout.blocks(log_r), layout.blocks(s.zero_cost), layout.blocks(s.above_cost)
     for iteration in range(BETA_EVALUATIONS - 1):
-        trial = beta.to(torch.float32).index_select(0, segment) * log_r
-        exact_cost = s.zero_cost * (2.0 * torch.exp(trial))
-        zeros = torch.stack([trial < log_room, (exact_cost < s.below_cost) & (exact_cost <= s.above_cost)], 1)
-        counts = torch.zeros(beta.shape[0], 2, dtype=torch.int64, device=beta.device)
-        fraction = counts.index_add_(0, segment, zeros.to(torch.int64)) / n_column
-        approx_admissible, exact_admissible = ((low <= fraction) & (fraction <= high_column)).unbind(1)
+        trial = log_r * layout.rows(beta.to(torch.float32)[:, None])
+        exact_cost = zero_cost * (2.0 * torch.exp(trial))
+        zeros = torch.stack([trial < log_room, (exact_cost < below) & (exact_cost <= above)], dim=2)
+        fraction = layout.per_tensor(zeros.sum(dim=1, dtype=torch.int32)) / n_column
         approx_fraction, exact_fraction = fraction.unbind(1)
-        done = done | (approx_admissible & exact_admissible)
+        approx_admissible = (low <= approx_fraction) & (approx_fraction <= high)
         used = torch.where(approx_admissible, exact_fraction, approx_fraction)
+        done = done | ((low <= used) & (used <= high))
         step = 0.1 if iteration < 20 else 0.5 if iteration < 40 else 0.75
         factor = torch.sign(high - used).mul_(step).add_(1.0)
         beta = torch.where(done, beta, (beta * factor).clamp_(max=1.0))
-    return beta[:-1]
+        if STOP_WHEN_DONE_ON_CPU and beta.device.type == "cpu" and bool(done.all()):
+            break  # on the CPU reading a value costs no device synchronisation; later trials change nothing
+    return beta
 
 
 def group_assign(
@@ -322,27 +333,32 @@ def group_assign(
 
     Same arguments and results as :func:`ecqx.assign.ec_assign` applied to each tensor: ``w`` is the flat
     float32 buffer, ``uniform`` says the grids are equally spaced (the O(N) nearest-level pre-assignment).
+    Which implementation runs is :data:`PATH`'s choice.
     """
+    if _per_tensor(w.device):
+        return _assign_per_tensor(
+            w, layout, centroids, zero_index, lam_decay, pmf_mode, lambda_rule, empty_clusters, relevance, p
+        )
     nearest = (nearest_uniform if uniform else nearest_dense)(w, layout, centroids)
     penalty, lam, lam_max = entropy_penalty(
         w, layout, centroids, zero_index, lam_decay, pmf_mode, lambda_rule, empty_clusters, nearest
     )
-    zero_element = layout.gather(torch.nn.functional.pad(zero_index, (0, 1)))
     flips = torch.zeros_like(layout.numel_tensor)
     if relevance is None:
         indices = argmin_cost(w, layout, centroids, penalty)
-        s_ecq = _fraction(layout, indices == zero_element)
+        s_ecq = _fraction(layout, layout.blocks(indices) == layout.rows(zero_index)[:, None])
         return GroupAssignment(indices, lam, lam_max, s_ecq, s_ecq, flips)
+    zero_element = layout.gather(zero_index)
     summary = _summarise(w, layout, centroids, penalty, zero_index)
     indices = _argmin_with_zero_cost(summary, summary.zero_cost, zero_element)
     s_ecq = _fraction(layout, indices == zero_element)
     r, informative = normalised_relevance(layout, relevance)
     searching = informative & (s_ecq > p)
     beta = _beta_search(layout, summary, r, searching, s_ecq, p)
-    beta_element = layout.gather(torch.nn.functional.pad(beta.to(torch.float32), (0, 1)))
+    beta_element = layout.gather(beta.to(torch.float32))
     zero_cost = summary.zero_cost * (2.0 * torch.exp(beta_element * torch.log(r + RELEVANCE_EPS)))
     relevant = _argmin_with_zero_cost(summary, zero_cost, zero_element)
-    relevant = torch.where(layout.gather(torch.nn.functional.pad(searching, (0, 1))), relevant, indices)
+    relevant = torch.where(layout.gather(searching), relevant, indices)
     flips = layout.count_true(relevant != indices)
     return GroupAssignment(
         relevant,
@@ -355,7 +371,53 @@ def group_assign(
     )
 
 
+def _per_tensor(device: torch.device) -> bool:
+    check_choice("ecqx.grouped.PATH", PATH, PATHS)
+    return PATH == "per_tensor" or (PATH == "auto" and device.type == "cpu")
+
+
+def _assign_per_tensor(
+    w, layout, centroids, zero_index, lam_decay, pmf_mode, lambda_rule, empty_clusters, relevance, p
+) -> GroupAssignment:
+    """:func:`ecqx.assign.ec_assign` on each tensor's view (reads λ, sparsities and β on the host)."""
+    indices = torch.zeros(layout.size, dtype=torch.int64, device=w.device)
+    relevances = [None] * layout.num_tensors if relevance is None else layout.views(relevance)
+    results = []
+    for t, (weights, out, rel) in enumerate(
+        zip(layout.views(w), layout.views(indices), relevances, strict=True)
+    ):
+        result = ec_assign(
+            weights,
+            centroids[t],
+            int(zero_index[t]),
+            float(lam_decay[t]),
+            1.0,
+            pmf_mode=pmf_mode,
+            lambda_rule=lambda_rule,
+            empty_clusters=empty_clusters,
+            relevance=rel,
+            p=p,
+        )
+        out.copy_(result.indices)
+        results.append(result)
+
+    def column(name, dtype):
+        values = [math.nan if getattr(r, name) is None else getattr(r, name) for r in results]
+        return torch.tensor(values, dtype=dtype, device=w.device)
+
+    return GroupAssignment(
+        indices,
+        column("lam", torch.float64),
+        column("lam_max", torch.float64),
+        column("zero_fraction", torch.float64),
+        column("zero_fraction_ecq", torch.float64),
+        column("relevance_flips", torch.int64),
+        None if relevance is None else column("beta", torch.float64),
+    )
+
+
 __all__ = [
+    "PATH",
     "GroupAssignment",
     "group_assign",
     "nearest_uniform",

@@ -5,16 +5,15 @@ weights, quantized values, cluster indices, relevances) so that one training ste
 tensor operations whatever the number of tensors. :class:`FlatLayout` describes such a buffer:
 
 * tensor ``t`` occupies ``[offsets[t], offsets[t] + numel[t])``; every tensor starts on a multiple of
-  ``block`` elements, and the gaps between tensors (padding) belong to a dummy segment ``T`` (one past the
-  last tensor), so per-tensor tables carry one extra row that absorbs them;
-* ``segment`` (int64, one entry per buffer element) is the tensor id of every element, built once;
+  ``block`` elements, so every block of ``block`` elements belongs to one tensor (``block_owner``) and
+  per-tensor values reach the elements by broadcasting over blocks, never through a per-element index;
+  ``valid`` marks the elements that are not padding (the tail of a tensor's last block);
 * :meth:`views` gives each tensor's view of a buffer in its own shape (for ``torch._foreach_*`` copies).
 
 Reductions per tensor never synchronise with the host and give the same result on every run and every rank:
-integer counts (``index_add_`` of ones) are exact; minima and maxima do not depend on order; floating-point
-sums are
-taken in float64 over fixed blocks (a dense ``sum`` over ``[blocks, block]``, then over each tensor's blocks),
-never with atomics.
+integer counts (per-block ``scatter_add_`` and sums) are exact; minima and maxima do not depend on order;
+floating-point sums are taken in float64 over fixed blocks (a dense ``sum`` over ``[blocks, block]``, then
+over each tensor's blocks), never with atomics.
 """
 
 from __future__ import annotations
@@ -55,22 +54,24 @@ class FlatLayout:
 
     def _build_tables(self) -> None:
         t, block, device = self.num_tensors, self.block, self.device
-        segment = torch.full((self.size,), t, dtype=torch.int64)
-        blocks_of = []
+        valid = torch.zeros(self.size, dtype=torch.bool)
+        owner, blocks_of = [], []
         for i, (offset, n) in enumerate(zip(self.offsets, self.numels, strict=True)):
-            segment[offset : offset + n] = i
-            first = offset // block
-            blocks_of.append(torch.arange(first, first + -(-n // block)))
-        self.segment = segment.to(device)
-        num_blocks = self.size // block
+            valid[offset : offset + n] = True
+            first, count = offset // block, -(-n // block)
+            owner += [i] * count
+            blocks_of.append(torch.arange(first, first + count))
+        self.valid = valid.to(device)
+        self._valid_ones = valid.to(device=device, dtype=torch.int64).view(-1, block)
+        self.num_blocks = self.size // block
+        self.block_owner = torch.tensor(owner, dtype=torch.int64, device=device)
         widest = max(len(b) for b in blocks_of)
-        table = torch.full((t, widest), num_blocks, dtype=torch.int64)  # num_blocks: an all-zero dummy block
+        table = torch.full((t, widest), self.num_blocks, dtype=torch.int64)  # num_blocks: a dummy block
         for i, b in enumerate(blocks_of):
             table[i, : len(b)] = b
         self._block_table = table.to(device)
         self.numel_tensor = torch.tensor(self.numels, dtype=torch.int64, device=device)
         self.numel_float64 = self.numel_tensor.to(torch.float64)
-        self.valid = self.segment < t
 
     def to(self, device) -> FlatLayout:
         """This layout with its index tables on ``device`` (a new object when the device changes)."""
@@ -103,33 +104,63 @@ class FlatLayout:
         """Independent copies of each tensor's part of ``buffer``."""
         return [v.clone() for v in self.views(buffer)]
 
+    def blocks(self, buffer: torch.Tensor) -> torch.Tensor:
+        """``buffer`` viewed as ``[blocks, block, ...]`` (every block belongs to one tensor)."""
+        return buffer.view(self.num_blocks, self.block, *buffer.shape[1:])
+
+    def rows(self, table: torch.Tensor) -> torch.Tensor:
+        """Row ``owner(b)`` of a per-tensor ``table`` for every block ``b``: ``[blocks, ...]``."""
+        return table.index_select(0, self.block_owner)
+
     def gather(self, table: torch.Tensor) -> torch.Tensor:
-        """Per-element value of a per-tensor ``table`` (first dimension ``T + 1``; padding reads row
-        ``T``)."""
-        return table.index_select(0, self.segment)
+        """Per-element value of a per-tensor 1-D ``table`` (a flat buffer; padding reads its tensor's row)."""
+        return self.rows(table)[:, None].expand(self.num_blocks, self.block).reshape(-1)
+
+    def take(self, table: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        """``table[t, indices[i]]`` for every element ``i`` of tensor ``t`` (a flat buffer)."""
+        return self.rows(table).gather(1, self.blocks(indices)).view(-1)
+
+    def per_tensor(self, block_values: torch.Tensor, reduce: str = "sum") -> torch.Tensor:
+        """Reduce per-block values ``[blocks, ...]`` to per-tensor values ``[T, ...]`` (sum, amin or amax).
+
+        Integer sums, minima and maxima do not depend on the order (``index_add_``/``scatter_reduce``);
+        floating-point sums go over each tensor's blocks in a fixed order (a dense ``sum``), never atomics.
+        """
+        shape = (self.num_tensors, *block_values.shape[1:])
+        if reduce in ("amin", "amax"):
+            fill = math.inf if reduce == "amin" else -math.inf
+            out = block_values.new_full(shape, fill)
+            return out.scatter_reduce_(0, self._owner_like(block_values), block_values, reduce=reduce)
+        if not block_values.is_floating_point():
+            return block_values.new_zeros(shape).index_add_(0, self.block_owner, block_values)
+        padded = torch.cat([block_values, block_values.new_zeros((1, *block_values.shape[1:]))])
+        return padded[self._block_table].sum(dim=1)
+
+    def _owner_like(self, block_values: torch.Tensor) -> torch.Tensor:
+        if block_values.dim() == 1:
+            return self.block_owner
+        return self.block_owner.view(-1, *([1] * (block_values.dim() - 1))).expand_as(block_values)
 
     # ------------------------------------------------------------------ reductions (no host synchronisation)
     def count(self, codes: torch.Tensor, num_codes: int) -> torch.Tensor:
         """``[T, num_codes]`` int64 histogram of per-element integer ``codes`` in ``0..num_codes-1``."""
-        flat = self.segment * num_codes + codes
-        # index_add_ of integers is exact in any order; bincount would ask the host for the largest code on
-        # CUDA
-        counts = torch.zeros((self.num_tensors + 1) * num_codes, dtype=torch.int64, device=flat.device)
-        counts.index_add_(0, flat, torch.ones_like(flat))
-        return counts.view(self.num_tensors + 1, num_codes)[: self.num_tensors]
+        # integer sums are exact in any order; bincount would ask the host for the largest code on CUDA
+        ones = self._valid_ones
+        histogram = torch.zeros(self.num_blocks, num_codes, dtype=torch.int64, device=codes.device)
+        return self.per_tensor(histogram.scatter_add_(1, self.blocks(codes), ones))
 
     def count_true(self, mask: torch.Tensor) -> torch.Tensor:
         """``[T]`` int64: number of true elements of a bool buffer per tensor (padding ignored)."""
-        counts = torch.zeros(self.num_tensors + 1, dtype=torch.int64, device=mask.device)
-        return counts.index_add_(0, self.segment, mask.to(torch.int64))[: self.num_tensors]
+        return self.count_blocks(mask & self.valid)
+
+    def count_blocks(self, mask: torch.Tensor) -> torch.Tensor:
+        """``[T]`` int64 true elements per tensor of a bool buffer that is false on the padding."""
+        return self.per_tensor(self.blocks(mask).sum(dim=1, dtype=torch.int32)).to(torch.int64)
 
     def sum(self, values: torch.Tensor) -> torch.Tensor:
         """``[T, ...]`` float64 sums of each tensor's elements (``values``: ``[size, ...]``; padding must hold
         zeros), the same on every run."""
-        columns = values.shape[1:]
-        partial = values.to(torch.float64).view(-1, self.block, *columns).sum(dim=1)
-        partial = torch.cat([partial, partial.new_zeros(1, *columns)])
-        return partial[self._block_table].sum(dim=1)
+        return self.per_tensor(self.blocks(values.to(torch.float64)).sum(dim=1))
 
     def masked_sum(self, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """``[T]`` float64 sums of the elements where ``mask`` is true (padding excluded)."""
@@ -137,23 +168,18 @@ class FlatLayout:
 
     def amin(self, values: torch.Tensor) -> torch.Tensor:
         """``[T]`` minimum of each tensor's elements."""
-        return self._extreme(values, "amin", math.inf)
+        return self.per_tensor(self.blocks(torch.where(self.valid, values, math.inf)).amin(dim=1), "amin")
 
     def amax(self, values: torch.Tensor) -> torch.Tensor:
         """``[T]`` maximum of each tensor's elements."""
-        return self._extreme(values, "amax", -math.inf)
-
-    def _extreme(self, values: torch.Tensor, reduce: str, identity: float) -> torch.Tensor:
-        out = torch.full((self.num_tensors + 1,), identity, dtype=values.dtype, device=values.device)
-        out = out.scatter_reduce(0, self.segment, values, reduce=reduce, include_self=True)
-        return out[: self.num_tensors]
+        return self.per_tensor(self.blocks(torch.where(self.valid, values, -math.inf)).amax(dim=1), "amax")
 
     def std(self, values: torch.Tensor) -> torch.Tensor:
         """``[T]`` float64 unbiased standard deviation of each tensor (two passes: mean, then deviations)."""
         n = self.numel_tensor.to(torch.float64)
         v = torch.where(self.valid, values.to(torch.float64), 0.0)
         mean = self.sum(v) / n
-        mean_all = torch.cat([mean, mean.new_zeros(1)]).index_select(0, self.segment)
+        mean_all = self.gather(mean)
         deviation = torch.where(self.valid, v - mean_all, 0.0)
         return (self.sum(deviation.square()) / (n - 1)).sqrt()
 

@@ -15,11 +15,15 @@ import pytest
 import torch
 from qat_scenarios import SCENARIOS, run_scenario
 
+import ecqx.grouped
+
 GOLDEN = torch.load(Path(__file__).resolve().parent / "golden" / "qat_golden.pt", weights_only=True)
 
 
+@pytest.mark.parametrize("path", ["grouped", "per_tensor"])
 @pytest.mark.parametrize("name", sorted(SCENARIOS))
-def test_end_state_equals_per_tensor_implementation(name):
+def test_end_state_equals_per_tensor_implementation(name, path, monkeypatch):
+    monkeypatch.setattr(ecqx.grouped, "PATH", path)  # both implementations of the group assignment
     expected = GOLDEN["scenarios"][name]
     got = run_scenario(name)
     assert sorted(got) == sorted(expected)
