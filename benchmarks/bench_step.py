@@ -165,6 +165,8 @@ def markdown(env: dict, device: str, results: dict) -> str:
         f"commit {env['commit']}; device {device}; {env['date_utc']} UTC"
         + ("  " if env.get("label") else ""),
         *([f"Code: {env['label']}"] if env.get("label") else []),
+        *([f"Assignment path: `{env['assignment_path']}` (ecqx.grouped.PATH)  "]
+          if env.get("assignment_path") else []),
         "",
         "Steady state after the warm-up steps (the callbacks start at epoch 0; the warm-up absorbs their",
         "setup). ms/step: one fit without profiler. ops: top-level `aten::*` events per step (a",
@@ -247,6 +249,15 @@ def _commit() -> str:
         return f"not a git checkout ({where})"
 
 
+def _select_path(path: str) -> None:
+    """Which assignment implementation the callbacks run; "grouped" also runs every β trial, as on a GPU."""
+    import ecqx.grouped
+
+    ecqx.grouped.PATH = path
+    if path == "grouped":
+        ecqx.grouped.STOP_WHEN_DONE_ON_CPU = False
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
@@ -264,6 +275,9 @@ def main() -> None:
                                                      "(default 1)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--label", default="", help="free text recorded with the run (e.g. which code)")
+    parser.add_argument("--path", choices=["auto", "grouped", "per_tensor"], default="auto",
+                        help="ecqx.grouped.PATH: the assignment implementation (auto: per tensor on the CPU, "
+                             "grouped on accelerators; grouped on the CPU is the accelerator's step)")
     parser.add_argument("--out", type=Path, default=RESULTS / "bench_step",
                         help="output prefix; writes <out>_<device>.json and .md")
     args = parser.parse_args()
@@ -272,12 +286,14 @@ def main() -> None:
     if "plain" not in args.methods:
         args.methods = ["plain", *args.methods]
     torch.set_num_threads(args.threads)
+    _select_path(args.path)
     steps = _per_model(args.steps, lambda m: 10 if args.limit else 20)
     warmup = _per_model(args.warmup, lambda m: 2 if args.limit else 3)
     batch = _per_model(args.batch, lambda m: MODELS[m][5] if args.limit else MODELS[m][4])
     repeats = _per_model(args.repeats, lambda m: 1)
     env = environment(args.threads, lightning=pl.__version__, commit=_commit())
     env["label"] = args.label
+    env["assignment_path"] = args.path
     env["device_name"] = (torch.cuda.get_device_name(torch.device(args.device))
                           if args.device.startswith("cuda") else env["machine"])
     results = {m: run_model(m, args.methods, batch[m], warmup[m], steps[m], args.device, m in args.same_fit,
