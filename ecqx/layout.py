@@ -62,7 +62,7 @@ class FlatLayout:
             owner += [i] * count
             blocks_of.append(torch.arange(first, first + count))
         self.valid = valid.to(device)
-        self._valid_ones = valid.to(device=device, dtype=torch.int64).view(-1, block)
+        self._valid_ones = valid.to(device=device, dtype=torch.int32).view(-1, block)
         self.num_blocks = self.size // block
         self.block_owner = torch.tensor(owner, dtype=torch.int64, device=device)
         widest = max(len(b) for b in blocks_of)
@@ -146,8 +146,8 @@ class FlatLayout:
         """``[T, num_codes]`` int64 histogram of per-element integer ``codes`` in ``0..num_codes-1``."""
         # integer sums are exact in any order; bincount would ask the host for the largest code on CUDA
         ones = self._valid_ones
-        histogram = torch.zeros(self.num_blocks, num_codes, dtype=torch.int64, device=codes.device)
-        return self.per_tensor(histogram.scatter_add_(1, self.blocks(codes), ones))
+        histogram = torch.zeros(self.num_blocks, num_codes, dtype=torch.int32, device=codes.device)
+        return self.per_tensor(histogram.scatter_add_(1, self.blocks(codes), ones)).to(torch.int64)
 
     def count_true(self, mask: torch.Tensor) -> torch.Tensor:
         """``[T]`` int64: number of true elements of a bool buffer per tensor (padding ignored)."""
