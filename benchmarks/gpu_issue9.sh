@@ -33,7 +33,7 @@ for experiment in cifar10_fp cifar10_ecq4 cifar10_ecqx4 cifar10_ec2t; do
   (
     t0=$(date +%s)
     if ECQX_SHARED="$SHARED" python "$REPO/benchmarks/proof_runs.py" --experiment "$experiment" \
-         --out "$OUT/proof_runs" --threads 2 "${PROOF[@]}" > "$OUT/proof_runs/$experiment.log" 2>&1; then
+         --out "$OUT/proof_runs" --results "$OUT/proof_runs" --threads 2 "${PROOF[@]}" > "$OUT/proof_runs/$experiment.log" 2>&1; then
       echo "$experiment: $(( $(date +%s) - t0 )) s" >> "$OUT/timing.txt"
     else
       echo "$experiment: FAILED after $(( $(date +%s) - t0 )) s" >> "$OUT/timing.txt"
@@ -42,5 +42,5 @@ for experiment in cifar10_fp cifar10_ecq4 cifar10_ecqx4 cifar10_ec2t; do
 done
 wait
 echo "proof runs (4 in parallel): $(( $(date +%s) - start )) s" | tee -a "$OUT/timing.txt"
-python "$REPO/benchmarks/proof_runs.py" --experiment summary --out "$OUT/proof_runs" >> "$OUT/timing.txt" 2>&1 || true
+python "$REPO/benchmarks/proof_runs.py" --experiment summary --out "$OUT/proof_runs" --results "$OUT/proof_runs" >> "$OUT/timing.txt" 2>&1 || true
 cat "$OUT/timing.txt"
