@@ -143,11 +143,11 @@ class FlatLayout:
 
     # ------------------------------------------------------------------ reductions (no host synchronisation)
     def count(self, codes: torch.Tensor, num_codes: int) -> torch.Tensor:
-        """``[T, num_codes]`` int64 histogram of per-element integer ``codes`` in ``0..num_codes-1``."""
+        """``[T, num_codes]`` int32 histogram of per-element integer ``codes`` in ``0..num_codes-1``."""
         # integer sums are exact in any order; bincount would ask the host for the largest code on CUDA
         ones = self._valid_ones
         histogram = torch.zeros(self.num_blocks, num_codes, dtype=torch.int32, device=codes.device)
-        return self.per_tensor(histogram.scatter_add_(1, self.blocks(codes), ones)).to(torch.int64)
+        return self.per_tensor(histogram.scatter_add_(1, self.blocks(codes), ones))
 
     def count_true(self, mask: torch.Tensor) -> torch.Tensor:
         """``[T]`` int64: number of true elements of a bool buffer per tensor (padding ignored)."""
