@@ -289,31 +289,37 @@ def _beta_search(
     """
     n = layout.numel_float64
     mean_r = layout.sum(torch.where(layout.valid, r.double(), 0.0)) / n
-    beta = math.log(0.5) / torch.log(mean_r)
+    beta = (math.log(0.5) / torch.log(mean_r))[:, None]
     log_r = torch.log(r + RELEVANCE_EPS)
     log_room = torch.log(torch.minimum(s.below_cost, s.above_cost) / (2.0 * s.zero_cost))
-    high, low = s_ecq, s_ecq - p
+    band_low, band_high = (s_ecq - p)[:, None], s_ecq[:, None]
     n_column = n[:, None]
-    done = ~searching
+    done = (~searching)[:, None]
     # padding: no zero in either test, so the per-block counts need no mask
     log_room = layout.blocks(torch.where(layout.valid, log_room, -math.inf))
     below = layout.blocks(torch.where(layout.valid, s.below_cost, -math.inf))
     log_r, zero_cost, above = layout.blocks(log_r), layout.blocks(s.zero_cost), layout.blocks(s.above_cost)
     for iteration in range(BETA_EVALUATIONS - 1):
-        trial = log_r * layout.rows(beta.to(torch.float32)[:, None])
+        trial = log_r * layout.rows(beta.to(torch.float32))
         exact_cost = zero_cost * (2.0 * torch.exp(trial))
-        zeros = torch.stack([trial < log_room, (exact_cost < below) & (exact_cost <= above)], dim=2)
-        fraction = layout.per_tensor(zeros.sum(dim=1, dtype=torch.int32)) / n_column
-        approx_fraction, exact_fraction = fraction.unbind(1)
-        approx_admissible = (low <= approx_fraction) & (approx_fraction <= high)
+        approx_zero = trial < log_room
+        exact_zero = (exact_cost < below) & (exact_cost <= above)
+        counts = torch.stack(
+            [approx_zero.sum(dim=1, dtype=torch.int32), exact_zero.sum(dim=1, dtype=torch.int32)], 1
+        )
+        fraction = layout.per_tensor(counts) / n_column
+        approx_admissible, exact_admissible = ((band_low <= fraction) & (fraction <= band_high)).split(
+            1, dim=1
+        )
+        approx_fraction, exact_fraction = fraction.split(1, dim=1)
+        done = done | (approx_admissible & exact_admissible)
         used = torch.where(approx_admissible, exact_fraction, approx_fraction)
-        done = done | ((low <= used) & (used <= high))
         step = 0.1 if iteration < 20 else 0.5 if iteration < 40 else 0.75
-        factor = torch.sign(high - used).mul_(step).add_(1.0)
+        factor = torch.sign(band_high - used).mul_(step).add_(1.0)
         beta = torch.where(done, beta, (beta * factor).clamp_(max=1.0))
         if STOP_WHEN_DONE_ON_CPU and beta.device.type == "cpu" and bool(done.all()):
             break  # on the CPU reading a value costs no device synchronisation; later trials change nothing
-    return beta
+    return beta[:, 0]
 
 
 def group_assign(
