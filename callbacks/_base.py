@@ -53,6 +53,7 @@ steps, and two quantization callbacks on one trainer.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -94,12 +95,11 @@ def check_int(argument: str, value: Any, minimum: int) -> None:
 
 
 def check_number(argument: str, value: Any, low: float, high: float | None = None) -> None:
-    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and value >= low
-    if ok and high is not None:
-        ok = value <= high
+    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+    ok = ok and value >= low and (high is None or value <= high)
     if not ok:
         interval = f"[{low}, {high}]" if high is not None else f">= {low}"
-        raise ValueError(f"`{argument}` must be a number in {interval}, got {value!r}")
+        raise ValueError(f"`{argument}` must be a number in {interval}, got {value!r} (finite numbers only)")
 
 
 class QuantizationCallback(Callback):

@@ -107,3 +107,10 @@ def test_export_without_validation_step_is_rejected_before_training(tmp_path):
     module.__class__ = NoValidation
     with pytest.raises(ValueError, match=r"NNCExport\(evaluate=True, stage='val'\) .*validation_step"):
         _fit(module, [ECQ(), NNCExport(tmp_path / "m.nnc")])
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("nan"), -0.1])
+@pytest.mark.parametrize("factory", [ECQ, ECQx, EC2T])
+def test_lam_must_be_a_finite_nonnegative_number_at_construction(factory, value):
+    with pytest.raises(ValueError, match=r"`lam` must be a number in >= 0.0, got .* \(finite numbers only\)"):
+        factory(lam=value)
