@@ -31,18 +31,15 @@ All quantized tensors form one group state (:class:`ecqx.group_state.UniformGrou
 :class:`ecqx.group_state.TernaryGroup` for EC2T): flat shadow, quantized-value and gradient buffers, grids and
 statistics on the device. A steady-state step is a fixed number of tensor operations whatever the number of
 tensors (grouped ``torch._foreach_copy_`` for every swap between parameters and buffers) and never waits for
-the
-device; statistics come to the host only at epoch ends (logging) and when asked (:meth:`summary`, export).
+the device; statistics come to the host only at epoch ends (logging) and when asked (:meth:`summary`, export).
 
 Checkpoints: :meth:`QuantizationCallback.state_dict` holds the phase, the step counter and the group state's
-own
-``state_dict()`` (per tensor: grid, shadow, levels and the method's fields — running relevance, EC2T
-magnitudes;
-plus the EC2T magnitude optimizer). Checkpoints written before the grouped state (per-tensor entries under
-``"tensors"``) load through the same path. A run resumed with ``ckpt_path=`` continues from exactly that
-state. DDP: gradients reach ``on_before_optimizer_step``
-already all-reduced, so every rank steps identical shadows and the deterministic assignment gives identical
-quantized weights; ECQx relevances are averaged over ranks before use.
+own ``state_dict()`` (per tensor: grid, shadow, levels and the method's fields — running relevance, EC2T
+magnitudes; plus the EC2T magnitude optimizer). Checkpoints written before the grouped state (per-tensor
+entries under ``"tensors"``) load through the same path. A run resumed with ``ckpt_path=`` continues from
+exactly that state. DDP: gradients reach ``on_before_optimizer_step`` already all-reduced, so every rank
+steps identical shadows and the deterministic assignment gives identical quantized weights; ECQx relevances
+are averaged over ranks before use.
 
 Unsupported combinations fail in ``setup``/``on_fit_start`` with a message: manual optimization, sharded
 strategies (FSDP, DeepSpeed), closures evaluated several times per step (LBFGS), true half precision
@@ -78,9 +75,6 @@ def find_quantization_callback(trainer: pl.Trainer) -> QuantizationCallback | No
     """The trainer's quantization callback (there is at most one), or ``None``."""
     found = [cb for cb in trainer.callbacks if isinstance(cb, QuantizationCallback)]
     return found[0] if found else None
-
-
-TensorStats = TensorStatistics  # statistics of one tensor's latest assignment
 
 
 def check_choice(argument: str, value: Any, allowed: Iterable[Any]) -> None:
@@ -394,8 +388,7 @@ class QuantizationCallback(Callback):
             params = self._parameter_list(pl_module)
             stepped = [params[i] for i in self._swapped]
             torch._foreach_copy_([self.group.shadow_views[i] for i in self._swapped], stepped)
-            torch._foreach_copy_(stepped, [self.group.quantized_views[i] for i in self._swapped])
-        self._swapped = []
+        self._swapped = []  # the parameters hold stepped shadows until _requantize writes the new values
 
     @torch.no_grad()
     def _requantize(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -461,7 +454,11 @@ class QuantizationCallback(Callback):
             self._start_quantization(trainer, pl_module)
 
     def _after_shadow_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any) -> None:
-        """Runs after the shadows took the optimizer step, before re-assignment (ECQx relevances, EC2T)."""
+        """Runs after the shadows took the optimizer step, before re-assignment (ECQx relevances, EC2T).
+
+        The stepped parameters still hold the shadow values here; :meth:`_write_quantized` restores the
+        quantized ones where a hook needs the quantized model.
+        """
 
     def _extra_state_dict(self) -> dict[str, Any]:
         return {}

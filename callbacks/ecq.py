@@ -162,6 +162,7 @@ class ECQx(ECQ):
     def _after_shadow_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any) -> None:
         if self.group.relevance is not None and self.optimizer_steps % self.relevance_every_n_steps:
             return
+        self._write_quantized(pl_module)  # relevances of the model as it is quantized, not of the shadows
         fresh = self._compute_relevances(trainer, pl_module, batch)
         flat = self.group.layout.flatten([fresh[name] for name in self.targets], dtype=torch.float32)
         self.group.update_relevance(trainer.strategy.reduce(flat, reduce_op="mean"))

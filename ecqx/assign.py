@@ -67,9 +67,8 @@ def _chunks(n: int, chunk_size: int):
         yield slice(start, min(start + chunk_size, n))
 
 
-def nearest_indices(
-    weights: torch.Tensor, centroids: torch.Tensor, chunk_size: int = DEFAULT_CHUNK
-) -> torch.Tensor:
+def nearest_indices(weights: torch.Tensor, centroids: torch.Tensor,
+                    chunk_size: int = DEFAULT_CHUNK) -> torch.Tensor:
     """Index of the nearest centroid for every weight (flattened; first index on ties).
 
     Same result as ``argmin_k (w − c_k)²`` in float32; for equally spaced centroids it only compares the two
@@ -117,9 +116,8 @@ def _lower_envelope(centroids: torch.Tensor, penalty: torch.Tensor) -> tuple[tor
     return lines, right[lines[:-1]]
 
 
-def _dense_best_in_segment(
-    w: torch.Tensor, centroids: torch.Tensor, penalty: torch.Tensor, start: int, stop: int, chunk_size: int
-):
+def _dense_best_in_segment(w: torch.Tensor, centroids: torch.Tensor, penalty: torch.Tensor, start: int,
+                           stop: int, chunk_size: int):
     """Cheapest cluster in ``start:stop`` by a dense argmin over ``chunk_size`` weights at a time."""
     c = centroids[start:stop].to(device=w.device, dtype=torch.float32)
     p = penalty[start:stop].to(device=w.device, dtype=torch.float32)
@@ -131,14 +129,8 @@ def _dense_best_in_segment(
     return best_cost, best_index.add_(start)
 
 
-def _best_in_segment(
-    w: torch.Tensor,
-    centroids: torch.Tensor,
-    penalty: torch.Tensor,
-    start: int,
-    stop: int,
-    chunk_size: int = DEFAULT_CHUNK,
-):
+def _best_in_segment(w: torch.Tensor, centroids: torch.Tensor, penalty: torch.Tensor, start: int, stop: int,
+                     chunk_size: int = DEFAULT_CHUNK):
     """Cheapest cluster in ``start:stop`` per weight (first index on ties) and its cost.
 
     Few clusters: dense argmin. Many clusters (≥ ``ENVELOPE_MIN_CLUSTERS``): O(N log K) through the lower
@@ -167,23 +159,21 @@ def _best_in_segment(
     return best_cost, best_index
 
 
-def _summarise_costs(
-    w: torch.Tensor, centroids: torch.Tensor, penalty: torch.Tensor, zero_index: int, chunk_size: int
-) -> _CostSummary:
+def _summarise_costs(w: torch.Tensor, centroids: torch.Tensor, penalty: torch.Tensor, zero_index: int,
+                     chunk_size: int) -> _CostSummary:
     zero_cost = (w - centroids[zero_index]).square() + penalty[zero_index]
     below_cost, below_index = _best_in_segment(w, centroids, penalty, 0, zero_index, chunk_size)
-    above_cost, above_index = _best_in_segment(
-        w, centroids, penalty, zero_index + 1, centroids.numel(), chunk_size
-    )
+    above_cost, above_index = _best_in_segment(w, centroids, penalty, zero_index + 1, centroids.numel(),
+                                               chunk_size)
     return _CostSummary(zero_cost, below_cost, below_index, above_cost, above_index)
 
 
-def _argmin_with_zero_cost(s: _CostSummary, zero_cost: torch.Tensor, zero_index: int) -> torch.Tensor:
+def _argmin_with_zero_cost(s: _CostSummary, zero_cost: torch.Tensor, zero_index) -> torch.Tensor:
     """Same result as argmin over all clusters (first index wins ties: below < zero < above)."""
     take_below = s.below_cost <= torch.minimum(zero_cost, s.above_cost)
     take_zero = ~take_below & (zero_cost <= s.above_cost)
     out = torch.where(take_below, s.below_index, s.above_index)
-    return torch.where(take_zero, torch.full_like(out, zero_index), out)
+    return torch.where(take_zero, zero_index, out)  # zero_index: an int, or one per weight
 
 
 def _zero_fraction(indices: torch.Tensor, zero_index: int) -> float:
@@ -198,7 +188,7 @@ def _normalised_relevance(relevance: torch.Tensor) -> torch.Tensor | None:
     return magnitude / (magnitude.max() + RELEVANCE_EPS)
 
 
-def _zero_cost_with_relevance(s: _CostSummary, log_r: torch.Tensor, beta: float) -> torch.Tensor:
+def _zero_cost_with_relevance(s: _CostSummary, log_r: torch.Tensor, beta) -> torch.Tensor:
     return s.zero_cost * (2.0 * torch.exp(beta * log_r))
 
 
@@ -230,50 +220,25 @@ def _beta_search(s: _CostSummary, r: torch.Tensor, zero_index: int, s_ecq: float
     return _argmin_with_zero_cost(s, _zero_cost_with_relevance(s, log_r, beta), zero_index), beta
 
 
-def _entropy_penalty(
-    w: torch.Tensor,
-    centroids: torch.Tensor,
-    zero_index: int,
-    lam: float,
-    decay: float,
-    pmf_mode: str,
-    lambda_rule: str,
-    empty_clusters: str,
-    chunk_size: int,
-):
+def _entropy_penalty(w: torch.Tensor, centroids: torch.Tensor, zero_index: int, lam: float, decay: float,
+                     pmf_mode: str, lambda_rule: str, empty_clusters: str, chunk_size: int):
     nearest = nearest_indices(w, centroids, chunk_size)
     counts = cluster_counts(nearest, centroids.numel())
     used = counts > 0
     if empty_clusters == "count_one":
         counts = counts.clamp(min=1)
     info = information_content(cluster_pmf(counts, zero_index, pmf_mode))
-    lam_max = lambda_max(
-        w.min().item(),
-        w.max().item(),
-        centroids.double().cpu(),
-        used.cpu(),
-        info.cpu(),
-        zero_index,
-        lambda_rule,
-    )
+    lam_max = lambda_max(w.min().item(), w.max().item(), centroids.double().cpu(), used.cpu(), info.cpu(),
+                         zero_index, lambda_rule)
     lam_layer = lam * decay * lam_max
     penalty = torch.zeros_like(info) if lam_layer == 0 else lam_layer * info
     return penalty.to(device=w.device, dtype=torch.float32), lam_layer, lam_max
 
 
-def ec_assign(
-    weights: torch.Tensor,
-    centroids: torch.Tensor,
-    zero_index: int,
-    lam: float,
-    decay: float = 1.0,
-    pmf_mode: str = "clean",
-    lambda_rule: str = "thesis",
-    empty_clusters: str = "forbid",
-    relevance: torch.Tensor | None = None,
-    p: float = DEFAULT_P,
-    chunk_size: int = DEFAULT_CHUNK,
-) -> Assignment:
+def ec_assign(weights: torch.Tensor, centroids: torch.Tensor, zero_index: int, lam: float, decay: float = 1.0,
+              pmf_mode: str = "clean", lambda_rule: str = "thesis", empty_clusters: str = "forbid",
+              relevance: torch.Tensor | None = None, p: float = DEFAULT_P,
+              chunk_size: int = DEFAULT_CHUNK) -> Assignment:
     """Entropy-constrained assignment to arbitrary sorted centroid values (see module docstring).
 
     ``lam`` is the global Λ (γ), ``decay`` the layer's δ_l; ``empty_clusters`` is ``"forbid"`` (P = 0, never
@@ -289,16 +254,14 @@ def ec_assign(
     if relevance is not None:
         check_float_tensor("relevance", relevance)
         if tuple(relevance.shape) != tuple(weights.shape):
-            raise ValueError(
-                f"relevance shape {tuple(relevance.shape)} != weights shape {tuple(weights.shape)}"
-            )
+            raise ValueError(f"relevance shape {tuple(relevance.shape)} != weights shape "
+                             f"{tuple(weights.shape)}")
     w = weights.detach().flatten().to(torch.float32)
     c = centroids.to(device=w.device, dtype=torch.float32)
     if not 0 <= zero_index < c.numel() or c[zero_index].item() != 0.0:
         raise ValueError(f"centroids[{zero_index}] must be the zero centroid, centroids are {c.tolist()}")
-    penalty, lam_layer, lam_max_value = _entropy_penalty(
-        w, c, zero_index, lam, decay, pmf_mode, lambda_rule, empty_clusters, chunk_size
-    )
+    penalty, lam_layer, lam_max_value = _entropy_penalty(w, c, zero_index, lam, decay, pmf_mode, lambda_rule,
+                                                         empty_clusters, chunk_size)
     summary = _summarise_costs(w, c, penalty, zero_index, chunk_size)
     indices = _argmin_with_zero_cost(summary, summary.zero_cost, zero_index)
     s_ecq = _zero_fraction(indices, zero_index)
@@ -314,16 +277,9 @@ def ec_assign(
     return result
 
 
-def assign(
-    weights: torch.Tensor,
-    grid: Grid,
-    lam: float,
-    decay: float = 1.0,
-    mode: str = "clean",
-    relevance: torch.Tensor | None = None,
-    p: float = DEFAULT_P,
-    chunk_size: int = DEFAULT_CHUNK,
-) -> Assignment:
+def assign(weights: torch.Tensor, grid: Grid, lam: float, decay: float = 1.0, mode: str = "clean",
+           relevance: torch.Tensor | None = None, p: float = DEFAULT_P,
+           chunk_size: int = DEFAULT_CHUNK) -> Assignment:
     """ECQ (``relevance=None``) or ECQx assignment of ``weights`` onto ``grid``.
 
     ``mode="clean"``: renormalised pmf and the thesis λ_max (min rule); ``"faithful"``: the reference's pmf
@@ -332,18 +288,9 @@ def assign(
     check_mode(mode)
     if not isinstance(grid, Grid):
         raise TypeError(f"grid must be an ecqx.grid.Grid, got {type(grid).__name__}")
-    return ec_assign(
-        weights,
-        grid.values(weights.device),
-        grid.zero_index,
-        lam,
-        decay,
-        pmf_mode=mode,
-        lambda_rule="thesis" if mode == "clean" else "coded",
-        relevance=relevance,
-        p=p,
-        chunk_size=chunk_size,
-    )
+    return ec_assign(weights, grid.values(weights.device), grid.zero_index, lam, decay, pmf_mode=mode,
+                     lambda_rule="thesis" if mode == "clean" else "coded", relevance=relevance, p=p,
+                     chunk_size=chunk_size)
 
 
 def levels_of(assignment: Assignment, grid: Grid) -> torch.Tensor:

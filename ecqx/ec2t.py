@@ -45,9 +45,8 @@ def init_magnitudes(weights: torch.Tensor, init_scale: float = DEFAULT_INIT_SCAL
         raise ValueError(f"init_scale must be in (0, 1], got {init_scale!r}")
     w_min, w_max = weights.min().item(), weights.max().item()
     if not (w_min < 0 < w_max):
-        raise ValueError(
-            f"EC2T needs weights of both signs to initialise w_n and w_p, got range [{w_min}, {w_max}]"
-        )
+        raise ValueError(f"EC2T needs weights of both signs to initialise w_n and w_p, "
+                         f"got range [{w_min}, {w_max}]")
     return init_scale * abs(w_min), init_scale * w_max
 
 
@@ -68,15 +67,14 @@ def clamp_magnitudes(w_n: torch.Tensor, w_p: torch.Tensor, shadow: torch.Tensor)
         w_p.clamp_(min=floor)
 
 
-def ternary_step(
-    w_n: float, w_p: float, resolution: int = DEFAULT_RESOLUTION, snap_rtol: float = DEFAULT_SNAP_RTOL
-) -> tuple[int, int, float]:
+def ternary_step(w_n: float, w_p: float, resolution: int = DEFAULT_RESOLUTION,
+                 snap_rtol: float = DEFAULT_SNAP_RTOL) -> tuple[int, int, float]:
     """NNC ``(qp, qp_density, Δ)`` for a ternary tensor: about max(w_n, w_p) / 2^resolution, snapped."""
     if not (w_n > 0 and w_p > 0):
         raise ValueError(f"magnitudes must be positive, got w_n={w_n!r}, w_p={w_p!r}")
     if not 1 <= resolution <= 16:
         raise ValueError(f"resolution must be an integer in 1..16, got {resolution!r}")
-    return snap_step(max(w_n, w_p) / 2**resolution, rtol=snap_rtol)
+    return snap_step(max(w_n, w_p) / 2 ** resolution, rtol=snap_rtol)
 
 
 def _multiple(magnitude: float, step: float, floor: float) -> int:
@@ -96,30 +94,15 @@ def ternary_values(w_n: float, w_p: float, grid: Grid | None) -> torch.Tensor:
     return torch.tensor([-w_n, 0.0, w_p], dtype=torch.float32)
 
 
-def ec2t_assign(
-    shadow: torch.Tensor,
-    values: torch.Tensor,
-    gamma: float,
-    decay: float = 1.0,
-    mode: str = "clean",
-    chunk_size: int = DEFAULT_CHUNK,
-) -> Assignment:
+def ec2t_assign(shadow: torch.Tensor, values: torch.Tensor, gamma: float, decay: float = 1.0,
+                mode: str = "clean", chunk_size: int = DEFAULT_CHUNK) -> Assignment:
     """Entropy-constrained ternary assignment (indices 0 = −w_n, 1 = 0, 2 = +w_p); ``gamma=0`` is nearest."""
     check_mode(mode)
     check_nonnegative("gamma", gamma)
     if values.numel() != 3:
         raise ValueError(f"EC2T needs exactly three values (-w_n, 0, w_p), got {values.tolist()}")
-    return ec_assign(
-        shadow,
-        values,
-        ZERO,
-        gamma,
-        decay,
-        pmf_mode=mode,
-        lambda_rule="thesis",
-        empty_clusters="count_one",
-        chunk_size=chunk_size,
-    )
+    return ec_assign(shadow, values, ZERO, gamma, decay, pmf_mode=mode, lambda_rule="thesis",
+                     empty_clusters="count_one", chunk_size=chunk_size)
 
 
 def frozen_values(indices: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
@@ -127,9 +110,8 @@ def frozen_values(indices: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     return values.to(indices.device)[indices]
 
 
-def ec2t_gradients(
-    grad: torch.Tensor, indices: torch.Tensor, w_n: float, w_p: float, mode: str = "clean"
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def ec2t_gradients(grad: torch.Tensor, indices: torch.Tensor, w_n: float, w_p: float,
+                   mode: str = "clean") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(shadow_grad, grad_w_n, grad_w_p)`` from the gradient on the ternary tensor (module docstring)."""
     check_mode(mode)
     if grad.shape != indices.shape:

@@ -36,9 +36,8 @@ def cluster_counts(indices: torch.Tensor, num_clusters: int) -> torch.Tensor:
     return torch.bincount(indices.flatten(), minlength=num_clusters)[:num_clusters]
 
 
-def cluster_pmf(
-    counts: torch.Tensor, zero_index: int, mode: str = "clean", floor: float = ZERO_FLOOR
-) -> torch.Tensor:
+def cluster_pmf(counts: torch.Tensor, zero_index: int, mode: str = "clean",
+                floor: float = ZERO_FLOOR) -> torch.Tensor:
     """Cluster probabilities from counts, with the zero cluster raised to at least ``floor`` (module docs)."""
     check_choice("pmf mode", mode, PMF_MODES)
     counts = counts.to(torch.float64)
@@ -58,7 +57,7 @@ def cluster_pmf(
         deficit_after = floor - p_zero_updated
         factors = torch.ones_like(pmf)
         factors[:zero_index] = 1.0 - deficit_before / rest
-        factors[zero_index + 1 :] = 1.0 - deficit_after / rest
+        factors[zero_index + 1:] = 1.0 - deficit_after / rest
         pmf = pmf * factors
     pmf[zero_index] = floor
     return pmf
@@ -69,30 +68,22 @@ def information_content(pmf: torch.Tensor) -> torch.Tensor:
     return -torch.log2(pmf.to(torch.float64))
 
 
-def _side_lambda(
-    w_ext: float, centroid: float, info_side: float, info_zero: float, rule: str
-) -> float | None:
+def _side_lambda(w_ext: float, centroid: float, info_side: float, info_zero: float,
+                 rule: str) -> float | None:
     denominator = info_side - info_zero
     if not denominator > 0 or not math.isfinite(denominator):
         return None
     if rule == "thesis":
-        return (w_ext**2 - (w_ext - centroid) ** 2) / denominator
+        return (w_ext ** 2 - (w_ext - centroid) ** 2) / denominator
     return ((centroid - w_ext) ** 2 - (0.0 - w_ext)) ** 2 / denominator
 
 
-def lambda_max(
-    w_min: float,
-    w_max: float,
-    centroids: torch.Tensor,
-    used: torch.Tensor,
-    info: torch.Tensor,
-    zero_index: int,
-    rule: str = "thesis",
-) -> float:
+def lambda_max(w_min: float, w_max: float, centroids: torch.Tensor, used: torch.Tensor, info: torch.Tensor,
+               zero_index: int, rule: str = "thesis") -> float:
     """λ at which the extreme weight of a side would flip to zero (module docstring); clamped at 0."""
     check_choice("lambda rule", rule, LAMBDA_RULES)
     used_below = torch.nonzero(used[:zero_index]).flatten()
-    used_above = torch.nonzero(used[zero_index + 1 :]).flatten() + zero_index + 1
+    used_above = torch.nonzero(used[zero_index + 1:]).flatten() + zero_index + 1
     info_zero = info[zero_index].item()
     sides = []
     if used_below.numel():

@@ -73,23 +73,13 @@ class Grid:
         return (torch.tensor(self.levels, dtype=torch.float64, device=device) * self.step).to(torch.float32)
 
     def to_dict(self) -> dict:
-        return {
-            "levels": list(self.levels),
-            "step": self.step,
-            "qp": self.qp,
-            "qp_density": self.qp_density,
-            "raw_step": self.raw_step,
-        }
+        return {"levels": list(self.levels), "step": self.step, "qp": self.qp, "qp_density": self.qp_density,
+                "raw_step": self.raw_step}
 
     @classmethod
     def from_dict(cls, data: dict) -> Grid:
-        return cls(
-            levels=tuple(data["levels"]),
-            step=float(data["step"]),
-            qp=data["qp"],
-            qp_density=data["qp_density"],
-            raw_step=data["raw_step"],
-        )
+        return cls(levels=tuple(data["levels"]), step=float(data["step"]), qp=data["qp"],
+                   qp_density=data["qp_density"], raw_step=data["raw_step"])
 
 
 def percentile_abs(weights: torch.Tensor, percentile: float = DEFAULT_PERCENTILE) -> float:
@@ -127,31 +117,25 @@ def uniform_levels(bits: int, signed: bool, positive_heavy: bool) -> tuple[int, 
     """The 2^bits integer levels: 0…2^b−1 (unsigned), else −(2^(b−1)−1)…2^(b−1) or −2^(b−1)…2^(b−1)−1."""
     check_bits(bits)
     if not signed:
-        return tuple(range(0, 2**bits))
+        return tuple(range(0, 2 ** bits))
     half = 2 ** (bits - 1)
     return tuple(range(-half + 1, half + 1)) if positive_heavy else tuple(range(-half, half))
 
 
-def reference_step(
-    weights: torch.Tensor, bits: int, signed: bool, percentile: float = DEFAULT_PERCENTILE
-) -> float:
+def reference_step(weights: torch.Tensor, bits: int, signed: bool,
+                   percentile: float = DEFAULT_PERCENTILE) -> float:
     """Unsnapped Δ of the reference: P(|W|)/(2^(b−1)−1) signed, P(|W|)/(2^b−1) unsigned; max|W| if P is 0."""
     top = percentile_abs(weights, percentile)
     if top == 0.0:
         top = weights.detach().abs().max().item()
     if top == 0.0:
         raise ValueError("cannot build a grid for an all-zero tensor: every step size would fit it")
-    return top / (2 ** (bits - 1) - 1 if signed else 2**bits - 1)
+    return top / (2 ** (bits - 1) - 1 if signed else 2 ** bits - 1)
 
 
-def uniform_grid(
-    weights: torch.Tensor,
-    bits: int = 4,
-    mode: str = "clean",
-    percentile: float = DEFAULT_PERCENTILE,
-    unsigned: bool = True,
-    snap_rtol: float = DEFAULT_SNAP_RTOL,
-) -> Grid:
+def uniform_grid(weights: torch.Tensor, bits: int = 4, mode: str = "clean",
+                 percentile: float = DEFAULT_PERCENTILE, unsigned: bool = True,
+                 snap_rtol: float = DEFAULT_SNAP_RTOL) -> Grid:
     """Build the b-bit ECQ grid of one tensor (see module docstring); snapped to an NNC step in clean mode."""
     check_float_tensor("weights", weights)
     check_bits(bits)

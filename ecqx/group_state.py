@@ -5,18 +5,16 @@ All quantized tensors of a model form one group. Its element-wise state lives in
 its per-tensor state in ``[T]`` device tensors (λ, sparsity, EC2T magnitudes and levels), and one training
 step is a fixed sequence of tensor operations that never waits for the device:
 
-    group = UniformGroup(names, shapes, bits=4, lam=0.05)       # ECQ / ECQx (relevance=True); TernaryGroup:
-    EC2T
-    group.initialise(weights)                                  # grids from the weights, shadows, first
-    assignment
-    ...  # forward/backward on group.quantized (the model's parameters hold these values)
-    shadow_grad = group.shadow_gradient(grad)                  # flat gradient on the quantized values ->
-    shadows
-    ...  # the optimizer steps the shadows; the stepped values come back into group.shadow
-    group.update_relevance(relevance)                          # ECQx (flat relevances)
-    group.step_magnitudes(optimizer)                           # EC2T (Adam on the magnitudes, then the floor)
-    group.requantize()                                         # entropy-constrained re-assignment
-    ...  # export: group.export() -> {name: QuantizedTensor}; statistics: group.statistics()
+    group = UniformGroup(names, shapes, bits=4, lam=0.05)  # ECQ / ECQx (relevance=True); EC2T: TernaryGroup
+    group.initialise(weights)       # grids from the weights, shadows = weights, first assignment
+    ...                             # forward/backward on the quantized values (group.quantized_views)
+    torch._foreach_copy_(group.grad_views, grads)
+    group.shadow_gradient()         # in place: group.grad becomes the shadow gradient (EC2T: magnitudes)
+    ...                             # the optimizer steps the shadows; copy them to group.shadow_views
+    group.update_relevance(flat)    # ECQx: a flat relevance buffer (group.layout.flatten)
+    group.clamp_magnitudes()        # EC2T, after its optimizer stepped group.magnitudes
+    group.requantize()              # entropy-constrained re-assignment; group.quantized holds the new values
+    ...                             # export: group.export() -> {name: QuantizedTensor}; group.statistics()
 
 Both kinds of group implement the :class:`QuantizerGroup` protocol; only :meth:`export`,
 :meth:`statistics`, :meth:`levels` and :meth:`state_dict` bring values to the host (export, logging and
@@ -71,13 +69,16 @@ class TensorStatistics:
 
 
 class QuantizerGroup(Protocol):
-    """What the callbacks need from a group state (implemented by :class:`UniformGroup`,
-    :class:`TernaryGroup`)."""
+    """What the callbacks use of a group state (:class:`UniformGroup`, :class:`TernaryGroup`)."""
 
     names: list[str]
     layout: FlatLayout
     shadow: torch.Tensor
     quantized: torch.Tensor
+    grad: torch.Tensor
+    shadow_views: list[torch.Tensor]
+    quantized_views: list[torch.Tensor]
+    grad_views: list[torch.Tensor]
 
     def initialise(self, weights: Sequence[torch.Tensor]) -> None: ...
     def shadow_gradient(self) -> bool: ...
@@ -88,10 +89,6 @@ class QuantizerGroup(Protocol):
     def state_dict(self) -> dict[str, Any]: ...
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
     def to(self, device) -> QuantizerGroup: ...
-
-
-def _with_padding_row(table: torch.Tensor) -> torch.Tensor:
-    return torch.cat([table, table.new_zeros((1, *table.shape[1:]))])
 
 
 class _GroupBase:
@@ -163,7 +160,7 @@ class _GroupBase:
         self.relevance_flips = result.relevance_flips
 
     def _level_table(self) -> torch.Tensor:
-        """``[T + 1, K]`` int32 levels of every tensor's grid (padding row zero)."""
+        """``[T, K]`` int32 levels of every tensor's grid."""
         raise NotImplementedError
 
     def _level_buffer(self) -> torch.Tensor:
@@ -181,7 +178,7 @@ class _GroupBase:
         k = table.shape[1]
         counts = self.layout.count(self.indices, k).cpu()
         numel = self.layout.numels
-        zero_index = (table[:-1] == 0).int().argmax(dim=1).cpu()
+        zero_index = (table == 0).int().argmax(dim=1).cpu()
         lam, flips = self.lam_layer.cpu().tolist(), self.relevance_flips.cpu().tolist()
         out = {}
         for t, name in enumerate(self.names):
@@ -201,13 +198,8 @@ class _GroupBase:
         shadows = self.layout.split(self.shadow)
         levels = self.levels()
         tensors = {}
-        for t, name in enumerate(self.names):
-            tensors[name] = {
-                "shadow": shadows[t],
-                "levels": levels[name],
-                "decay": self.decays[t],
-                **self._tensor_entry(t),
-            }
+        for t, (name, entry) in enumerate(zip(self.names, self._tensor_entries(), strict=True)):
+            tensors[name] = {"shadow": shadows[t], "levels": levels[name], "decay": self.decays[t], **entry}
         return {
             "method": self.method,
             "mode": self.mode,
@@ -269,7 +261,8 @@ class _GroupBase:
     def _centroids(self) -> torch.Tensor:
         raise NotImplementedError
 
-    def _tensor_entry(self, t: int) -> dict[str, Any]:
+    def _tensor_entries(self) -> list[dict[str, Any]]:
+        """The method's checkpoint fields of every tensor (besides shadow, levels and decay)."""
         raise NotImplementedError
 
     def _group_entry(self) -> dict[str, Any]:
@@ -339,7 +332,7 @@ class UniformGroup(_GroupBase):
             raise ValueError("every grid of a UniformGroup needs the same number of levels")
         self.grids = grids
         device = self.device
-        self._levels = _with_padding_row(torch.stack([g.level_tensor(device) for g in grids]))
+        self._levels = torch.stack([g.level_tensor(device) for g in grids])
         self._centroid_table = torch.stack([g.values(device) for g in grids])
         self._zero_index = torch.tensor([g.zero_index for g in grids], dtype=torch.int64, device=device)
 
@@ -415,13 +408,15 @@ class UniformGroup(_GroupBase):
         return dict(zip(self.names, self.layout.views(self.relevance), strict=True))
 
     # ------------------------------------------------------------------ checkpoint
-    def _tensor_entry(self, t: int) -> dict[str, Any]:
-        entry = {"grid": self.grids[t].to_dict()}
+    def _tensor_entries(self) -> list[dict[str, Any]]:
+        entries = [{"grid": grid.to_dict()} for grid in self.grids]
         if self.method == "ecqx":
-            entry["relevance"] = (
-                None if self.relevance is None else self.layout.views(self.relevance)[t].clone()
+            relevances = (
+                [None] * len(entries) if self.relevance is None else self.layout.split(self.relevance)
             )
-        return entry
+            for entry, relevance in zip(entries, relevances, strict=True):
+                entry["relevance"] = relevance
+        return entries
 
     def _entry_fields(self) -> tuple[str, ...]:
         return ("grid",)
@@ -514,7 +509,7 @@ class TernaryGroup(_GroupBase):
         self._set_multiples(torch.maximum(rounded, at_floor).clamp_(min=1.0).to(torch.int64))
 
     def _level_table(self) -> torch.Tensor:
-        return _with_padding_row(self._signed.to(torch.int32))
+        return self._signed.to(torch.int32)
 
     def _centroids(self) -> torch.Tensor:
         return self._centroid_rows
@@ -595,17 +590,12 @@ class TernaryGroup(_GroupBase):
         }
 
     # ------------------------------------------------------------------ checkpoint
-    def _tensor_entry(self, t: int) -> dict[str, Any]:
-        grid = self.grids()[t]
-        return {
-            "w_n": self.magnitudes[t, 0].detach().clone(),
-            "w_p": self.magnitudes[t, 1].detach().clone(),
-            "qp": grid.qp,
-            "qp_density": grid.qp_density,
-            "step": grid.step,
-            "indices": self.layout.views(self.indices)[t].clone(),
-            "grid": grid.to_dict(),
-        }
+    def _tensor_entries(self) -> list[dict[str, Any]]:
+        magnitudes = self.magnitudes.detach()
+        return [
+            {"w_n": magnitudes[t, 0].clone(), "w_p": magnitudes[t, 1].clone(), "grid": grid.to_dict()}
+            for t, grid in enumerate(self.grids())
+        ]
 
     def _group_entry(self) -> dict[str, Any]:
         return {"phase": self.phase}

@@ -2,17 +2,16 @@
 
 The same maths as :mod:`ecqx.assign` (spec ecqx-ec2t.md §1, §2.3, §3.5) — and the same results, bit for bit —
 computed for all tensors of a :class:`~ecqx.layout.FlatLayout` together: per-tensor quantities (cluster
-counts,
-pmf, information content, λ_max, λ, penalties, sparsities, the ECQx β) are ``[T]`` or ``[T, K]`` device
-tensors, per-element quantities are flat buffers, and every loop runs over clusters or β trials, never over
-tensors or weights. Nothing here calls ``.item()``: a training step stays on the device.
+counts, pmf, information content, λ_max, λ, penalties, sparsities, the ECQx β) are ``[T]`` or ``[T, K]``
+device tensors, per-element quantities are flat buffers, and every loop runs over weight chunks or β trials,
+never over tensors. Nothing here calls ``.item()``: a training step stays on the device.
 
 The grid of tensor ``t`` is row ``t`` of ``centroids`` (``[T, K]`` float32, ascending) with its zero cluster
 at ``zero_index[t]``.
 
-ECQx's β search (spec §3.5) is the reference's sequential search run for every tensor in lock step: all 51
-trials are evaluated, and a tensor whose search has ended keeps its β, so the outcome equals the per-tensor
-search that stops at its first admissible trial.
+ECQx's β search (spec §3.5) is the reference's sequential search run for every tensor in lock step: the trials
+are evaluated for all tensors, and a tensor whose search has ended keeps its β, so the outcome equals the
+per-tensor search that stops at its first admissible trial.
 """
 
 from __future__ import annotations
@@ -23,7 +22,15 @@ from dataclasses import dataclass
 import torch
 
 from ecqx._checks import check_choice
-from ecqx.assign import BETA_EVALUATIONS, EMPTY_CLUSTER_RULES, RELEVANCE_EPS, ec_assign
+from ecqx.assign import (
+    BETA_EVALUATIONS,
+    EMPTY_CLUSTER_RULES,
+    RELEVANCE_EPS,
+    _argmin_with_zero_cost,
+    _CostSummary,
+    _zero_cost_with_relevance,
+    ec_assign,
+)
 from ecqx.entropy import LAMBDA_RULES, PMF_MODES, ZERO_FLOOR
 from ecqx.layout import FlatLayout
 
@@ -34,22 +41,8 @@ class GroupAssignment:
 
     indices: torch.Tensor
     lam: torch.Tensor
-    lam_max: torch.Tensor
     zero_fraction: torch.Tensor
-    zero_fraction_ecq: torch.Tensor
     relevance_flips: torch.Tensor
-    beta: torch.Tensor | None = None
-
-
-@dataclass
-class _Summary:
-    """Per weight: cost of the zero cluster, and the cheapest cluster below and above zero."""
-
-    zero_cost: torch.Tensor
-    below_cost: torch.Tensor
-    below_index: torch.Tensor
-    above_cost: torch.Tensor
-    above_index: torch.Tensor
 
 
 #: elements of one ``[chunk, K]`` cost matrix (64 MiB of float32); the weights are processed in chunks of
@@ -195,7 +188,7 @@ def entropy_penalty(
     empty_clusters: str,
     nearest: torch.Tensor,
 ):
-    """``(penalty [T, K] float32, λ [T], λ_max [T])`` from the nearest-level pre-assignment ``nearest``.
+    """``(penalty [T, K] float32, λ [T])`` from the nearest-level pre-assignment ``nearest``.
 
     ``lam_decay`` is Λ·δ_l per tensor (float64); penalty = λ·I_c, zero everywhere where λ = 0.
     """
@@ -210,7 +203,7 @@ def entropy_penalty(
     lam = lam_decay * lam_max
     lam_column = lam[:, None]
     penalty = torch.where(lam_column == 0, 0.0, lam_column * info).to(torch.float32)
-    return penalty, lam, lam_max
+    return penalty, lam
 
 
 def argmin_cost(
@@ -230,12 +223,12 @@ def _summarise(
     centroids: torch.Tensor,
     penalty: torch.Tensor,
     zero_index: torch.Tensor,
-) -> _Summary:
+) -> _CostSummary:
+    """Per weight: the zero cluster's cost and the cheapest cluster below and above zero (as ecqx.assign)."""
     k = centroids.shape[1]
-    zero_row = zero_index
     position = torch.arange(k, device=w.device)
-    below_penalty = torch.where(position < zero_row[:, None], penalty, math.inf)
-    above_penalty = torch.where(position > zero_row[:, None], penalty, math.inf)
+    below_penalty = torch.where(position < zero_index[:, None], penalty, math.inf)
+    above_penalty = torch.where(position > zero_index[:, None], penalty, math.inf)
     blocks = layout.blocks
     zero_cost, below_cost, above_cost = (blocks(torch.empty_like(w)) for _ in range(3))
     below_index, above_index = (
@@ -245,7 +238,7 @@ def _summarise(
         name: layout.rows(table)[:, None, :]
         for name, table in (("all", penalty), ("below", below_penalty), ("above", above_penalty))
     }
-    zero_column = layout.rows(zero_row)[:, None, None].expand(-1, layout.block, 1)
+    zero_column = layout.rows(zero_index)[:, None, None].expand(-1, layout.block, 1)
     for part in _chunks(layout, k):
         distance = _distances(w, layout, centroids, part)
         zero_cost[part] = (distance + rows["all"][part]).gather(2, zero_column[part])[:, :, 0]
@@ -254,14 +247,7 @@ def _summarise(
         above_cost[part], above_index[part] = (distance + rows["above"][part]).min(dim=2)
     zero_cost, below_cost, above_cost = zero_cost.view(-1), below_cost.view(-1), above_cost.view(-1)
     below_index, above_index = below_index.view(-1), above_index.view(-1)
-    return _Summary(zero_cost, below_cost, below_index, above_cost, above_index)
-
-
-def _argmin_with_zero_cost(s: _Summary, zero_cost: torch.Tensor, zero_element: torch.Tensor) -> torch.Tensor:
-    take_below = s.below_cost <= torch.minimum(zero_cost, s.above_cost)
-    take_zero = ~take_below & (zero_cost <= s.above_cost)
-    out = torch.where(take_below, s.below_index, s.above_index)
-    return torch.where(take_zero, zero_element, out)
+    return _CostSummary(zero_cost, below_cost, below_index, above_cost, above_index)
 
 
 def _fraction(layout: FlatLayout, mask: torch.Tensor) -> torch.Tensor:
@@ -271,15 +257,20 @@ def _fraction(layout: FlatLayout, mask: torch.Tensor) -> torch.Tensor:
 
 def normalised_relevance(layout: FlatLayout, relevance: torch.Tensor):
     """``(r, informative)``: r = |R| / (max|R| + 1e-12) per tensor; ``informative[t]`` false where R is
-    constant."""
+    constant (the padding reads its tensor's maximum)."""
     magnitude = relevance.detach().abs().to(torch.float32)
     low, high = layout.amin(magnitude), layout.amax(magnitude)
-    r = magnitude / layout.gather(torch.cat([high, high.new_ones(1)]) + RELEVANCE_EPS)
+    r = magnitude / layout.gather(high + RELEVANCE_EPS)
     return r, low != high
 
 
 def _beta_search(
-    layout: FlatLayout, s: _Summary, r: torch.Tensor, searching: torch.Tensor, s_ecq: torch.Tensor, p: float
+    layout: FlatLayout,
+    s: _CostSummary,
+    r: torch.Tensor,
+    searching: torch.Tensor,
+    s_ecq: torch.Tensor,
+    p: float,
 ):
     """All tensors' β searches in lock step (module docstring); returns the final β per tensor (float64).
 
@@ -346,14 +337,14 @@ def group_assign(
             w, layout, centroids, zero_index, lam_decay, pmf_mode, lambda_rule, empty_clusters, relevance, p
         )
     nearest = (nearest_uniform if uniform else nearest_dense)(w, layout, centroids)
-    penalty, lam, lam_max = entropy_penalty(
+    penalty, lam = entropy_penalty(
         w, layout, centroids, zero_index, lam_decay, pmf_mode, lambda_rule, empty_clusters, nearest
     )
     flips = torch.zeros_like(layout.numel_tensor)
     if relevance is None:
         indices = argmin_cost(w, layout, centroids, penalty)
         s_ecq = _fraction(layout, layout.blocks(indices) == layout.rows(zero_index)[:, None])
-        return GroupAssignment(indices, lam, lam_max, s_ecq, s_ecq, flips)
+        return GroupAssignment(indices, lam, s_ecq, flips)
     zero_element = layout.gather(zero_index)
     summary = _summarise(w, layout, centroids, penalty, zero_index)
     indices = _argmin_with_zero_cost(summary, summary.zero_cost, zero_element)
@@ -361,20 +352,11 @@ def group_assign(
     r, informative = normalised_relevance(layout, relevance)
     searching = informative & (s_ecq > p)
     beta = _beta_search(layout, summary, r, searching, s_ecq, p)
-    beta_element = layout.gather(beta.to(torch.float32))
-    zero_cost = summary.zero_cost * (2.0 * torch.exp(beta_element * torch.log(r + RELEVANCE_EPS)))
+    zero_cost = _zero_cost_with_relevance(summary, torch.log(r + RELEVANCE_EPS), layout.gather(beta.float()))
     relevant = _argmin_with_zero_cost(summary, zero_cost, zero_element)
     relevant = torch.where(layout.gather(searching), relevant, indices)
     flips = layout.count_true(relevant != indices)
-    return GroupAssignment(
-        relevant,
-        lam,
-        lam_max,
-        _fraction(layout, relevant == zero_element),
-        s_ecq,
-        flips,
-        torch.where(searching, beta, math.nan),
-    )
+    return GroupAssignment(relevant, lam, _fraction(layout, relevant == zero_element), flips)
 
 
 def _per_tensor(device: torch.device) -> bool:
@@ -408,17 +390,13 @@ def _assign_per_tensor(
         results.append(result)
 
     def column(name, dtype):
-        values = [math.nan if getattr(r, name) is None else getattr(r, name) for r in results]
-        return torch.tensor(values, dtype=dtype, device=w.device)
+        return torch.tensor([getattr(r, name) for r in results], dtype=dtype, device=w.device)
 
     return GroupAssignment(
         indices,
         column("lam", torch.float64),
-        column("lam_max", torch.float64),
         column("zero_fraction", torch.float64),
-        column("zero_fraction_ecq", torch.float64),
         column("relevance_flips", torch.int64),
-        None if relevance is None else column("beta", torch.float64),
     )
 
 

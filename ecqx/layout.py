@@ -96,8 +96,8 @@ class FlatLayout:
         dtype = dtype if dtype is not None else tensors[0].dtype
         out = self.empty(dtype, fill)
         torch._foreach_copy_(
-            self.views(out), [t.detach().to(device=self.device, dtype=dtype) for t in tensors]
-        )
+            self.views(out), [t.detach() for t in tensors]
+        )  # copy_ converts dtype and device
         return out
 
     def split(self, buffer: torch.Tensor) -> list[torch.Tensor]:
@@ -151,20 +151,13 @@ class FlatLayout:
 
     def count_true(self, mask: torch.Tensor) -> torch.Tensor:
         """``[T]`` int64: number of true elements of a bool buffer per tensor (padding ignored)."""
-        return self.count_blocks(mask & self.valid)
-
-    def count_blocks(self, mask: torch.Tensor) -> torch.Tensor:
-        """``[T]`` int64 true elements per tensor of a bool buffer that is false on the padding."""
-        return self.per_tensor(self.blocks(mask).sum(dim=1, dtype=torch.int32)).to(torch.int64)
+        counts = self.blocks(mask & self.valid).sum(dim=1, dtype=torch.int32)
+        return self.per_tensor(counts).to(torch.int64)
 
     def sum(self, values: torch.Tensor) -> torch.Tensor:
         """``[T, ...]`` float64 sums of each tensor's elements (``values``: ``[size, ...]``; padding must hold
         zeros), the same on every run."""
         return self.per_tensor(self.blocks(_float64(values)).sum(dim=1))
-
-    def masked_sum(self, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """``[T]`` float64 sums of the elements where ``mask`` is true (padding excluded)."""
-        return self.sum(torch.where(mask & self.valid, _float64(values), 0.0))
 
     def amin(self, values: torch.Tensor) -> torch.Tensor:
         """``[T]`` minimum of each tensor's elements."""
@@ -179,9 +172,8 @@ class FlatLayout:
         n = self.numel_float64
         v = torch.where(self.valid, _float64(values), 0.0)
         mean = self.sum(v) / n
-        mean_all = self.gather(mean)
-        deviation = torch.where(self.valid, v - mean_all, 0.0)
-        return (self.sum(deviation.square()) / (n - 1)).sqrt()
+        deviation = torch.where(self.blocks(self.valid), self.blocks(v) - self.rows(mean)[:, None], 0.0)
+        return (self.sum(deviation.square().view(-1)) / (n - 1)).sqrt()
 
 
 def _float64(values: torch.Tensor) -> torch.Tensor:

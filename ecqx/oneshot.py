@@ -44,19 +44,11 @@ def _quantize_ec2t(weight, lam, decay, mode, init_scale, snap_rtol) -> Quantized
     return export_levels(levels, grid, trained_values=trained.to(weight.device)[result.indices])
 
 
-def quantize(
-    state_dict: Mapping[str, torch.Tensor] | nn.Module,
-    method: str = "ecq",
-    bits: int = 4,
-    lam: float = 0.05,
-    mode: str = "clean",
-    *,
-    include: str | Iterable[str] | None = None,
-    exclude: str | Iterable[str] | None = DEFAULT_EXCLUDE,
-    percentile: float = DEFAULT_PERCENTILE,
-    init_scale: float = DEFAULT_INIT_SCALE,
-    snap_rtol: float = DEFAULT_SNAP_RTOL,
-) -> dict[str, QuantizedTensor]:
+def quantize(state_dict: Mapping[str, torch.Tensor] | nn.Module, method: str = "ecq", bits: int = 4,
+             lam: float = 0.05, mode: str = "clean", *, include: str | Iterable[str] | None = None,
+             exclude: str | Iterable[str] | None = DEFAULT_EXCLUDE, percentile: float = DEFAULT_PERCENTILE,
+             init_scale: float = DEFAULT_INIT_SCALE,
+             snap_rtol: float = DEFAULT_SNAP_RTOL) -> dict[str, QuantizedTensor]:
     """Quantize the target tensors of ``state_dict`` once, without training; returns only those tensors.
 
     ``method="ecq"``: b-bit grid (``bits`` 2..8) and entropy-constrained assignment with global Λ = ``lam``
@@ -74,13 +66,11 @@ def quantize(
     if isinstance(state_dict, nn.Module):
         state_dict = state_dict.state_dict()
     if not isinstance(state_dict, Mapping):
-        raise TypeError(
-            f"state_dict must be a mapping of tensors or an nn.Module, got {type(state_dict).__name__}"
-        )
+        raise TypeError(f"state_dict must be a mapping of tensors or an nn.Module, "
+                        f"got {type(state_dict).__name__}")
     ec2t = method == "ec2t"
-    names = select_targets(
-        state_dict, include=include, exclude=exclude, exclude_first=ec2t, exclude_last=ec2t
-    )
+    names = select_targets(state_dict, include=include, exclude=exclude,
+                           exclude_first=ec2t, exclude_last=ec2t)
     if not names:
         return {}
     n_max = max(state_dict[n].numel() for n in names)
@@ -93,9 +83,6 @@ def quantize(
         else:
             out[name] = _quantize_ecq(weight, bits, lam, decay, mode, percentile, snap_rtol)
         if out[name].max_export_change > 0:
-            log.info(
-                "%s: NNC step snapping at export changed weights by up to %.3g",
-                name,
-                out[name].max_export_change,
-            )
+            log.info("%s: NNC step snapping at export changed weights by up to %.3g", name,
+                     out[name].max_export_change)
     return out

@@ -47,12 +47,8 @@ class QuantizedTensor:
         return self.levels.to(torch.float32) * torch.tensor(self.step, dtype=torch.float32)
 
 
-def export_levels(
-    levels: torch.Tensor,
-    grid: Grid,
-    trained_values: torch.Tensor | None = None,
-    snap_rtol: float = DEFAULT_SNAP_RTOL,
-) -> QuantizedTensor:
+def export_levels(levels: torch.Tensor, grid: Grid, trained_values: torch.Tensor | None = None,
+                  snap_rtol: float = DEFAULT_SNAP_RTOL) -> QuantizedTensor:
     """Describe integer ``levels`` on ``grid`` for NNC export.
 
     A snapped grid exports losslessly. An unsnapped (faithful) grid is snapped here; ``max_export_change`` is
@@ -62,9 +58,8 @@ def export_levels(
     codebook = None if grid.is_contiguous else grid.level_tensor()
     result = QuantizedTensor(levels.to(torch.int32), snapped.qp, snapped.qp_density, codebook=codebook)
     if trained_values is None:
-        trained_values = grid.values(levels.device)[
-            torch.searchsorted(grid.level_tensor(levels.device), levels.to(torch.int32))
-        ]
+        trained_values = grid.values(levels.device)[torch.searchsorted(grid.level_tensor(levels.device),
+                                                                       levels.to(torch.int32))]
     change = (trained_values.to(torch.float32) - result.dequantize().to(trained_values.device)).abs().max()
     result.max_export_change = change.item()
     return result

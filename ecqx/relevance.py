@@ -44,14 +44,8 @@ def epsilon_plus_flat_bn_pass():
     from zennit.types import Activation, AvgPool, BatchNorm, Convolution
     from zennit.types import Linear as AnyLinear
 
-    layer_map = [
-        (Activation, Pass()),
-        (Sum, Norm()),
-        (AvgPool, Norm()),
-        (Convolution, ZPlus()),
-        (BatchNorm, Pass()),
-        (nn.Linear, Epsilon(epsilon=LRP_EPSILON)),
-    ]
+    layer_map = [(Activation, Pass()), (Sum, Norm()), (AvgPool, Norm()), (Convolution, ZPlus()),
+                 (BatchNorm, Pass()), (nn.Linear, Epsilon(epsilon=LRP_EPSILON))]
     return SpecialFirstLayerMapComposite(layer_map=layer_map, first_map=[(AnyLinear, Flat())])
 
 
@@ -61,23 +55,19 @@ def _check_inputs(model, inputs, targets) -> None:
     if not isinstance(inputs, torch.Tensor) or not isinstance(targets, torch.Tensor):
         raise TypeError("inputs and targets must be tensors")
     if targets.ndim != 1 or targets.shape[0] != inputs.shape[0] or targets.is_floating_point():
-        raise ValueError(
-            f"targets must be integer class labels of shape ({inputs.shape[0]},), "
-            f"got dtype {targets.dtype} shape {tuple(targets.shape)}"
-        )
+        raise ValueError(f"targets must be integer class labels of shape ({inputs.shape[0]},), "
+                         f"got dtype {targets.dtype} shape {tuple(targets.shape)}")
 
 
 def _module_of(model: nn.Module, name: str) -> nn.Module:
     module_name, _, attr = name.rpartition(".")
     if attr != "weight":
-        raise ValueError(
-            f"relevances are computed for module weights (names ending in '.weight'), got {name!r}"
-        )
+        raise ValueError(f"relevances are computed for module weights (names ending in '.weight'), "
+                         f"got {name!r}")
     module = model.get_submodule(module_name) if module_name else model
     if not isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d | nn.Linear):
-        raise ValueError(
-            f"{name!r} belongs to a {type(module).__name__}; the weight rule supports Conv1d/2d/3d and Linear"
-        )
+        raise ValueError(f"{name!r} belongs to a {type(module).__name__}; "
+                         "the weight rule supports Conv1d/2d/3d and Linear")
     return module
 
 
@@ -88,9 +78,8 @@ def _linear_output(module: nn.Module, x: torch.Tensor, weight: torch.Tensor) -> 
     return module._conv_forward(x, weight, bias)
 
 
-def _epsilon_weight_relevance(
-    module: nn.Module, x: torch.Tensor, relevance_out: torch.Tensor
-) -> torch.Tensor:
+def _epsilon_weight_relevance(module: nn.Module, x: torch.Tensor,
+                              relevance_out: torch.Tensor) -> torch.Tensor:
     weight = module.weight.detach().clone().requires_grad_(True)
     with torch.enable_grad():
         z = _linear_output(module, x, weight)
@@ -112,7 +101,6 @@ class _OutputRelevanceRecorder:
             self.records[name].append(record)
             if output.requires_grad:
                 output.register_hook(lambda grad: record.__setitem__("r", grad.detach()))
-
         return hook
 
     def remove(self) -> None:
@@ -142,11 +130,8 @@ def _zennit_relevances(model, inputs, targets, names, composite, canonizers) -> 
             recorder.remove()
     out = {}
     for name, module in modules.items():
-        parts = [
-            _epsilon_weight_relevance(module, rec["x"], rec["r"])
-            for rec in recorder.records[name]
-            if "r" in rec
-        ]
+        parts = [_epsilon_weight_relevance(module, rec["x"], rec["r"]) for rec in recorder.records[name]
+                 if "r" in rec]
         out[name] = torch.stack(parts).sum(0) if parts else torch.zeros_like(module.weight.detach())
     return out
 
@@ -161,24 +146,17 @@ def _captum_relevances(model, inputs, targets, names) -> dict[str, torch.Tensor]
     fixed = {**{n: p.detach() for n, p in params.items()}, **dict(model.named_buffers())}
 
     def forward(*weights):
-        return torch.func.functional_call(
-            model, {**fixed, **dict(zip(names, weights, strict=True))}, (inputs.detach(),)
-        )
+        return torch.func.functional_call(model, {**fixed, **dict(zip(names, weights, strict=True))},
+                                          (inputs.detach(),))
 
     chosen = tuple(params[n].detach().clone().requires_grad_(True) for n in names)
     attributions = InputXGradient(forward).attribute(chosen, target=targets)
     return {n: a.detach() / inputs.shape[0] for n, a in zip(names, attributions, strict=True)}
 
 
-def weight_relevances(
-    model: nn.Module,
-    inputs: torch.Tensor,
-    targets: torch.Tensor,
-    backend: str = "zennit",
-    composite=None,
-    canonizers: Iterable | None = None,
-    names: Iterable[str] | None = None,
-) -> dict[str, torch.Tensor]:
+def weight_relevances(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, backend: str = "zennit",
+                      composite=None, canonizers: Iterable | None = None,
+                      names: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
     """Relevance of every target weight for one batch (module docstring): name → parameter-shaped tensor.
 
     ``composite`` / ``canonizers`` are zennit objects (zennit backend only); ``names`` defaults to

@@ -65,9 +65,8 @@ def snap_to_density(step: float, qp_density: int) -> tuple[int, float]:
     return qp, nnc_step_size(qp, qp_density)
 
 
-def snap_step(
-    step: float, rtol: float = DEFAULT_SNAP_RTOL, densities: tuple[int, ...] = SNAP_DENSITIES
-) -> tuple[int, int, float]:
+def snap_step(step: float, rtol: float = DEFAULT_SNAP_RTOL,
+              densities: tuple[int, ...] = SNAP_DENSITIES) -> tuple[int, int, float]:
     """Snap a wanted step size to an NNC-expressible one.
 
     Tries the qp_densities in ``densities`` in order (default 2, 3, …, 7) and returns the first

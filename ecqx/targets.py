@@ -32,9 +32,8 @@ def _patterns(value: str | Iterable[str] | None, what: str) -> list[re.Pattern]:
     try:
         items = list(value)
     except TypeError:
-        raise TypeError(
-            f"{what} must be a string or an iterable of strings, got {type(value).__name__}"
-        ) from None
+        raise TypeError(f"{what} must be a string or an iterable of strings, "
+                        f"got {type(value).__name__}") from None
     for item in items:
         if not isinstance(item, str):
             raise TypeError(f"{what} must contain only strings (regular expressions), got {item!r}")
@@ -55,8 +54,7 @@ def _candidates_from_model(model: nn.Module, types: tuple[type[nn.Module], ...])
 
 def _candidates_from_state_dict(state_dict: Mapping[str, torch.Tensor]) -> list[str]:
     return [
-        name
-        for name, tensor in state_dict.items()
+        name for name, tensor in state_dict.items()
         if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and tensor.ndim > 1
     ]
 
@@ -72,9 +70,8 @@ def select_targets(
     """Return the names of the tensors to quantize, in model order (rules: see the module docstring)."""
     if isinstance(types, type):
         types = (types,)
-    if not isinstance(types, tuple) or not all(
-        isinstance(t, type) and issubclass(t, nn.Module) for t in types
-    ):
+    if not isinstance(types, tuple) or not all(isinstance(t, type) and issubclass(t, nn.Module)
+                                               for t in types):
         raise TypeError(f"types must be a tuple of nn.Module subclasses, got {types!r}")
     if isinstance(model_or_state_dict, nn.Module):
         names = _candidates_from_model(model_or_state_dict, types)
@@ -85,7 +82,7 @@ def select_targets(
             "select_targets expects an nn.Module or a state_dict mapping, "
             f"got {type(model_or_state_dict).__name__}"
         )
-    names = names[1 if exclude_first else 0 : len(names) - 1 if exclude_last else len(names)]
+    names = names[1 if exclude_first else 0: len(names) - 1 if exclude_last else len(names)]
     include_patterns = _patterns(include, "include")
     exclude_patterns = _patterns(exclude, "exclude")
     names = [n for n in names if not any(p.search(n) for p in exclude_patterns)]
