@@ -25,6 +25,7 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from ecqx.training.models import extract_state_dict
 from ecqx.training.module import ClassificationModule
+from ecqx.training.shortcuts import add_shortcut_arguments, apply_shortcuts
 
 __all__ = [
     "main",
@@ -45,6 +46,32 @@ _EPILOG = (
     "file commands (no training): 'ecqx compress MODEL.pt -o MODEL.nnc', 'ecqx inspect FILE.nnc', "
     "'ecqx decode FILE.nnc -o FILE.pt'; see 'ecqx <command> --help'."
 )
+_DEFAULT_RUN = (
+    "Without --config this runs the embedded default recipe: a small MLP on scikit-learn's 8x8 digits "
+    "(bundled, no download), full-precision warm-up, then 4-bit ECQx (Λ 0.15), and writes the trained model "
+    "as an .nnc file with its decoded accuracy. --config RECIPE.yaml runs a recipe (see recipes/). "
+    "Shortcuts: --method {ecq,ecqx,ec2t} --bits B --lam L --start-epoch E --nnc PATH change the recipe's "
+    "quantization callback and export; any other setting as --section.key value "
+    "(e.g. --trainer.max_epochs 5); "
+    "--print_config shows the resolved recipe."
+)
+OVERVIEW = """usage: ecqx <command> [options]
+
+Quantization-aware training for bytes: ECQ, ECQx and EC2T during training, NNC (.nnc) model files.
+
+training commands (a recipe; without --config the embedded default: digits MLP, 4-bit ECQx, .nnc export):
+  fit        train and quantize, write the .nnc file and a rate-distortion report
+             (shortcuts: --method {ecq,ecqx,ec2t} --bits B --lam L --start-epoch E --nnc PATH)
+  validate   evaluate a model on the validation split
+  test       evaluate a model on the test split
+
+file commands (no training):
+  compress   quantize a saved state_dict without data and write it as an .nnc file
+  inspect    per-tensor table of an .nnc file
+  decode     decode an .nnc file into a state_dict file
+
+'ecqx <command> --help' shows the options of a command.
+"""
 
 
 def default_config_path() -> str:
@@ -63,6 +90,16 @@ class EcqxCLI(LightningCLI):
         # main() always passes the arguments (the command line plus the embedded default), so Lightning's
         # warning about receiving both `args` and a command line does not apply here.
         self.config = parser.parse_args(args)
+
+    def add_arguments_to_parser(self, parser) -> None:
+        add_shortcut_arguments(parser)
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        try:
+            apply_shortcuts(config)
+        except ValueError as error:
+            self.parser.error(str(error))
 
     def after_fit(self) -> None:
         _print_summary(self.trainer.callback_metrics)
@@ -95,8 +132,16 @@ def run_lightning(argv: Sequence[str]) -> EcqxCLI:
         subclass_mode_model=True,
         subclass_mode_data=True,
         args=with_default_config(argv),
-        parser_kwargs={"epilog": _EPILOG},
+        parser_kwargs={
+            "epilog": _EPILOG,
+            **{name: {"description": _DEFAULT_RUN, "usage": _usage(name)} for name in LIGHTNING_COMMANDS},
+        },
     )
+
+
+def _usage(command: str) -> str:
+    return (f"ecqx {command} [--config RECIPE.yaml] [--method {{ecq,ecqx,ec2t}}] [--bits B] [--lam L] "
+            f"[--start-epoch E] [--nnc PATH] [--section.key VALUE ...] [--print_config]")
 
 
 def with_default_config(argv: Sequence[str]) -> list[str]:
@@ -246,6 +291,9 @@ def _zero_count(quantized: Mapping[str, object]) -> tuple[int, int]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ecqx`` console script; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(OVERVIEW, end="")
+        return 0 if argv else 2
     if argv and argv[0] in TOOL_COMMANDS:
         return run_tool(argv)
     run_lightning(argv)
