@@ -1,4 +1,8 @@
-"""Pre-builds the codec extension: `python -m ecqx.coding.build [--verbose]` (CI, clusters, containers)."""
+"""Pre-builds the codec extension: `python -m ecqx.coding.build [--verbose]` (CI, clusters, containers).
+
+The build goes to `$TORCH_EXTENSIONS_DIR` (else torch's default cache) in a folder named after a hash of the
+sources and toolchain, where every later process of any install with the same sources and toolchain finds it.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ import argparse
 import sys
 
 from ecqx.coding.errors import NativeBuildError
-from ecqx.coding.native import build_directory, load_native
+from ecqx.coding.native import load_native
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -18,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     except NativeBuildError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(f"codec extension ready: {module.__file__} (cache {build_directory()})")
+    print(f"codec extension ready: {module.__file__}")
     return 0
 
 
