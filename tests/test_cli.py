@@ -57,8 +57,11 @@ def test_print_config_resolves_the_default(in_tmp, capsys):
 def test_fit_without_config_runs_the_default_and_prints_the_summary(in_tmp, capsys):
     assert main(["fit", *FAST]) == 0
     out = capsys.readouterr().out
-    assert "final metrics" in out
-    assert "val_acc" in out and "train_loss" in out
+    assert "ecqx fit: ECQx 4 bit" in out
+    assert "full-precision accuracy" in out and "decoded accuracy" in out
+    # fast_dev_run has no log folder: the outputs stay where the recipe names them, under the current one
+    assert "  .nnc" in out and "digits_mlp_ecqx4.nnc" in out and (in_tmp / "digits_mlp_ecqx4.nnc").is_file()
+    assert (in_tmp / "metrics.json").is_file()
 
 
 def test_validate_and_test_subcommands_run(in_tmp, capsys):
@@ -184,8 +187,9 @@ def test_inspect_and_decode(lenet_file, tmp_path, capsys):
 
 
 def test_file_command_errors_are_reported_not_raised(tmp_path, capsys):
-    assert main(["inspect", str(tmp_path / "missing.nnc")]) == 1
-    assert "ecqx inspect: error: no file at" in capsys.readouterr().err
+    missing = tmp_path / "missing.nnc"
+    assert main(["inspect", str(missing)]) == 1
+    assert f"ecqx inspect: error: {missing}: no such file" in capsys.readouterr().err
     (tmp_path / "junk.nnc").write_bytes(b"\x00\x01not an nnc stream at all")
     assert main(["decode", str(tmp_path / "junk.nnc")]) == 1
     assert "ecqx decode: error:" in capsys.readouterr().err
@@ -209,12 +213,20 @@ def test_console_script_is_installed():
 
 
 def test_top_level_help_lists_the_file_commands(capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main(["--help"])
-    assert exit_info.value.code == 0
-    out = " ".join(capsys.readouterr().out.split())
-    assert "fit" in out and "validate" in out and "predict" not in out
-    assert "ecqx compress MODEL.pt -o MODEL.nnc" in out and "ecqx inspect FILE.nnc" in out
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "predict" not in out
+    for command in ("fit", "validate", "compress", "inspect", "decode"):
+        assert f"\n  {command} " in out, command
+    expected = {"compress": ("--debug", "--output"), "inspect": ("--debug", "--max-elements", "--values"),
+                "decode": ("--debug", "--max-elements", "--output", "--workers")}
+    for command, options in expected.items():
+        with pytest.raises(SystemExit) as exit_info:
+            main([command, "--help"])
+        assert exit_info.value.code == 0
+        usage = capsys.readouterr().out
+        assert usage.startswith(f"usage: ecqx {command}")
+        assert all(option in usage for option in options), (command, usage)
 
 
 def test_checkpoint_of_a_cli_run_is_tested_and_reloaded_without_the_config(in_tmp):
