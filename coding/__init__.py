@@ -7,9 +7,10 @@ from ecqx.coding.api import DecodedTensor, decode, decode_levels, encode
 from ecqx.coding.errors import BitstreamError, NativeBuildError
 from ecqx.coding.hls import PayloadType
 from ecqx.coding.inspect_stream import format_table, inspect_stream
-from ecqx.coding.model import decode_state_dict, encode_state_dict
+from ecqx.coding.model import decode_state_dict, encode_state_dict, load_nnc
 from ecqx.coding.native import load_native
 from ecqx.coding.quant import CodedTensor, quantize_tensor, snap_step, step_size
+from ecqx.coding.sizes import float32_bytes
 
 __all__ = [
     "BitstreamError",
@@ -22,8 +23,10 @@ __all__ = [
     "decode_levels",
     "encode",
     "encode_state_dict",
+    "float32_bytes",
     "format_table",
     "inspect_stream",
+    "load_nnc",
     "load_native",
     "quantize_tensor",
     "snap_step",

@@ -6,6 +6,10 @@ NNCodec writes and raises BitstreamError, naming the field, for what this codec 
 
 from __future__ import annotations
 
+import json
+import math
+import re
+from collections import Counter
 from dataclasses import dataclass, field
 from enum import IntEnum
 
@@ -399,3 +403,172 @@ def parse_stream(data: bytes) -> ParsedStream:
     if stream.profile < 0:
         raise BitstreamError("bitstream has no NNR start unit")
     return stream
+
+
+# ------------------------------------------------------------------------------------------------ metadata
+# encode_state_dict writes this JSON object into topology_data (NNCodec ignores the text):
+# {"ecqx-state-dict": {"dtype": {name: dtype}, "scalar": [names of 0-d tensors], "names": [every entry],
+#  "empty": [{"name", "index", "shape", "dtype"} of entries with a zero dimension, which have no NDU]}}.
+# "names" (state_dict order) and "empty" are absent in streams of earlier versions.
+STATE_DICT_METADATA_KEY = "ecqx-state-dict"
+FLOAT_DTYPE_NAMES = frozenset({"float32", "float64", "float16", "bfloat16"})
+INT_DTYPE_NAMES = frozenset({"int32", "int64", "int16", "int8", "uint8", "bool"})
+# the metadata nests three levels; the bound keeps forged text away from json's recursion limit
+MAX_METADATA_DEPTH = 8
+# tens of bytes per tensor name: this allows ~10^5 tensors, while bounding the objects json.loads builds
+MAX_METADATA_CHARS = 1 << 24
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+
+
+@dataclass
+class EmptyEntry:
+    """A state_dict entry with a zero dimension (NNC cannot code it; it has no NDU)."""
+
+    name: str
+    index: int  # position in the state_dict
+    shape: tuple[int, ...]
+    dtype: str
+
+
+@dataclass
+class StateDictMetadata:
+    """ecqx's state_dict metadata from the topology unit."""
+
+    dtype: dict[str, str]
+    scalar: list[str]
+    names: list[str] | None  # every entry of the state_dict, in order; None in older streams
+    empty: list[EmptyEntry] = field(default_factory=list)
+
+    def declared(self) -> list[str]:
+        """Tensors the stream must carry as NDUs: the names list, or in older streams every name the
+        metadata mentions; entries without values (empty) excepted."""
+        empty = {e.name for e in self.empty}
+        named = self.names if self.names is not None else dict.fromkeys([*self.dtype, *self.scalar])
+        return [name for name in named if name not in empty]
+
+
+def _metadata_error(field_name: str, problem: str) -> BitstreamError:
+    return BitstreamError(f"topology unit: field {field_name!r} of the {STATE_DICT_METADATA_KEY!r} metadata "
+                          f"in topology_data {problem}")
+
+
+def _preview(names: list[str], limit: int = 8) -> str:
+    shown = ", ".join(f"{n!r:.80}" for n in names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def _string_list(value: object, field_name: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise _metadata_error(field_name, f"must be a list of tensor names (strings), got {value!r:.200}")
+    repeated = sorted(name for name, count in Counter(value).items() if count > 1)
+    if repeated:
+        raise _metadata_error(field_name, f"lists {_preview(repeated)} more than once")
+    return value
+
+
+def _is_count(value: object, limit: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= limit
+
+
+def _empty_entries(value: object) -> list[EmptyEntry]:
+    if not isinstance(value, list):
+        raise _metadata_error("empty", f"must be a list of entry records, got {value!r:.200}")
+    entries = []
+    for record in value:
+        if (not isinstance(record, dict) or not isinstance(record.get("name"), str)
+                or not _is_count(record.get("index"), 2**31 - 1)
+                or not isinstance(record.get("shape"), list) or len(record["shape"]) > MAX_DIMENSIONS
+                or not all(_is_count(d, 2**31 - 1) for d in record["shape"]) or 0 not in record["shape"]):
+            raise _metadata_error("empty", "records need a name (string), an index (int >= 0) and a shape "
+                                  f"(at most {MAX_DIMENSIONS} ints >= 0, one of them 0), got {record!r:.200}")
+        dtype_name = record.get("dtype")
+        if not isinstance(dtype_name, str) or dtype_name not in FLOAT_DTYPE_NAMES | INT_DTYPE_NAMES:
+            raise _metadata_error("empty", f"gives entry {record['name']!r} the unknown dtype "
+                                  f"{dtype_name!r:.100}")
+        entries.append(EmptyEntry(record["name"], record["index"], tuple(record["shape"]), dtype_name))
+    _string_list([e.name for e in entries], "empty")  # no name twice
+    return entries
+
+
+def read_state_dict_metadata(text: str | None) -> StateDictMetadata | None:
+    """The state_dict metadata of a topology unit; None when the text is not ecqx's (NNCodec writes "",
+    other producers free text). Malformed metadata raises BitstreamError naming the field."""
+    if not text or f'"{STATE_DICT_METADATA_KEY}"' not in text:
+        return None
+    if len(text) > MAX_METADATA_CHARS:
+        raise BitstreamError(f"topology unit: topology_data has {len(text)} characters, more than the "
+                             f"{MAX_METADATA_CHARS} this decoder parses as {STATE_DICT_METADATA_KEY!r} "
+                             "metadata")
+    # nesting depth without recursion: drop strings and everything but brackets, then peel matched pairs
+    brackets = _NOT_BRACKET.sub("", _JSON_STRING.sub("", text))
+    for _ in range(MAX_METADATA_DEPTH):
+        peeled = brackets.replace("[]", "").replace("{}", "")
+        if peeled == brackets:
+            break
+        brackets = peeled
+    if brackets:
+        raise BitstreamError(f"topology unit: topology_data nests deeper than {MAX_METADATA_DEPTH} levels or "
+                             "has unmatched brackets (not valid metadata JSON)")
+    try:
+        document = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise BitstreamError(f"topology unit: topology_data is not valid JSON ({exc})") from exc
+    if not isinstance(document, dict) or not isinstance(document.get(STATE_DICT_METADATA_KEY), dict):
+        raise _metadata_error(STATE_DICT_METADATA_KEY, "must be a JSON object at the top level of the text")
+    meta = document[STATE_DICT_METADATA_KEY]
+    names = None if meta.get("names") is None else _string_list(meta["names"], "names")
+    dtype = meta.get("dtype", {})
+    if not isinstance(dtype, dict):
+        raise _metadata_error("dtype", "must be an object mapping tensor names to dtypes, "
+                              f"got {dtype!r:.200}")
+    for name, dtype_name in dtype.items():
+        if not isinstance(dtype_name, str) or dtype_name not in FLOAT_DTYPE_NAMES | INT_DTYPE_NAMES:
+            raise _metadata_error("dtype", f"gives tensor {name!r} the unknown dtype {dtype_name!r:.100} "
+                                  f"(known: {', '.join(sorted(FLOAT_DTYPE_NAMES | INT_DTYPE_NAMES))})")
+    scalar = _string_list(meta.get("scalar", []), "scalar")
+    empty = _empty_entries(meta.get("empty", []))
+    if names is not None:
+        listed = set(names)
+        named = (("dtype", list(dtype)), ("scalar", scalar), ("empty", [e.name for e in empty]))
+        for field_name, entries in named:
+            unknown = [n for n in entries if n not in listed]
+            if unknown:
+                raise _metadata_error(field_name, f"names tensors that are not in its 'names' list: "
+                                      f"{_preview(unknown)}")
+    return StateDictMetadata(dtype=dict(dtype), scalar=list(scalar), names=names, empty=empty)
+
+
+def check_state_dict_metadata(meta: StateDictMetadata, ndus: list[ParsedNdu], allow_partial: bool) -> None:
+    """The metadata agrees with the stream: every declared tensor present (unless allow_partial), no
+    undeclared tensor, dtypes of the payload's kind (float or integer), scalars with one element."""
+    present = {ndu.header.name: ndu.header for ndu in ndus}
+    coded_empty = [e.name for e in meta.empty if e.name in present]
+    if coded_empty:
+        raise _metadata_error("empty", f"names entries without values that the stream codes: "
+                              f"{_preview(coded_empty)}")
+    if meta.names is not None:
+        listed = set(meta.names)
+        extra = [name for name in present if name not in listed]
+        if extra:
+            raise _metadata_error("names", f"does not list the tensors {_preview(extra)} of the stream")
+    declared = meta.declared()
+    missing = [name for name in declared if name not in present]
+    if missing and not allow_partial:
+        raise BitstreamError(f"incomplete bitstream: {len(missing)} of the {len(declared)} tensors named in "
+                             f"its topology unit are missing: {_preview(missing)} (truncated stream? "
+                             "decode(..., allow_partial=True) returns the tensors present)")
+    for name, dtype_name in meta.dtype.items():
+        header = present.get(name)
+        if header is None:
+            continue
+        is_float = header.payload_type in (PayloadType.NNR_PT_FLOAT, PayloadType.NNR_PT_RAW_FLOAT)
+        if is_float != (dtype_name in FLOAT_DTYPE_NAMES):
+            raise _metadata_error("dtype", f"gives tensor {name!r} dtype {dtype_name!r}, but the stream "
+                                  f"codes it as {header.payload_type.name} "
+                                  f"({'float' if is_float else 'integer'} values)")
+    for name in meta.scalar:
+        header = present.get(name)
+        if header is not None and math.prod(header.dims) != 1:
+            raise _metadata_error("scalar", f"marks tensor {name!r} as 0-d, but the stream codes it with "
+                                  f"dims {header.dims} ({math.prod(header.dims)} elements)")

@@ -56,16 +56,26 @@ def test_scan_order_zero_written_for_degenerate_shapes():
 
 
 def test_inspect_rows_and_table():
-    rows = inspect_stream(encode({"w": _w(), "i": torch.tensor([5, 0, 0, 1])}))
+    data = encode({"w": _w(), "i": torch.tensor([5, 0, 0, 1])})
+    rows = inspect_stream(data)
     assert [r["name"] for r in rows] == ["w", "i"]
     w = rows[0]
-    assert (w["shape"], w["dtype"], w["payload_type"], w["qp"], w["step"], w["dq"]) == (
-        (3, 4), "float32", "NNR_PT_FLOAT", -16, 0.0625, False)
-    assert w["zero_fraction"] == pytest.approx(7 / 12)
+    assert (w["shape"], w["dtype"], w["payload_type"], w["qp"], w["qp_density"], w["step"], w["dq"]) == (
+        (3, 4), "float32", "NNR_PT_FLOAT", -16, 2, 0.0625, False)
     assert w["bits_per_value"] == pytest.approx(8 * w["unit_bytes"] / 12)
     assert rows[1]["qp"] is None and rows[1]["dtype"] == "int32"
+    assert w["zero_fraction"] is None and rows[1]["zero_fraction"] is None  # header-only by default
     table = format_table(rows)
     assert "NNR_PT_FLOAT" in table and "total" in table and "0.0625" in table
+    header = table.splitlines()[0]
+    assert "bits/value" in header and "unit bytes" in header and "qp*" in header and "zeros" not in header
+    assert "step = (2^d + qp mod 2^d) * 2^(floor(qp / 2^d) - d)" in table and "(d = 2)" in table
+    assert "values=True" in table
+    full = inspect_stream(data, values=True)
+    assert full[0]["zero_fraction"] == pytest.approx(7 / 12) and full[1]["zero_fraction"] == 0.5
+    assert [{k: v for k, v in r.items() if k != "zero_fraction"} for r in full] == \
+        [{k: v for k, v in r.items() if k != "zero_fraction"} for r in rows]
+    assert "zeros" in format_table(full).splitlines()[0]
 
 
 def test_snap_step():
@@ -167,7 +177,7 @@ def test_decode_rejects_oversized_dimensions():
     huge = NduHeader(name=h.name, payload_type=h.payload_type, dims=(10**9, 4))
     prefix = data[: len(data) - s.ndus[0].unit_bytes]
     forged = bytes(prefix) + write_ndu(huge, 0, s.ndus[0].payload)
-    with pytest.raises(BitstreamError, match="exceed the decoder limit|cannot be described"):
+    with pytest.raises(BitstreamError, match="decoder limit|cannot be described"):
         decode(forged)
     with pytest.raises(BitstreamError, match="decoder limit"):
         decode_levels(encode({"w": torch.zeros(64, 64, dtype=torch.int32)}), max_elements=1000)
@@ -273,3 +283,90 @@ def test_decode_values_are_float32_levels_times_float32_step(dq):
     assert decoded.dtype == torch.float32 and decoded.shape == (7, 33)
     assert np.array_equal(decoded.numpy(), expected)
     assert np.abs(levels).max() > 2**24
+
+
+def _mixed_qp_stream(qp_density, rs):
+    """Tensors whose qps reach both ends of the (6 + qp_density)-bit delta window, plus DQ, a codebook and an
+    integer tensor."""
+    half = 1 << (5 + qp_density)
+    tensors = {}
+    for i, qp in enumerate((-half, half - 1, int(rs.randint(-half, half)), int(rs.randint(-half, half)))):
+        levels = torch.from_numpy(rs.randint(-50, 50, size=(5, 7)).astype(np.int32))
+        tensors[f"t{i}"] = CodedTensor(levels, qp, qp_density, dq=i == 2)
+    codebook = torch.tensor([-7, 0, 9], dtype=torch.int32)
+    indices = torch.from_numpy(rs.randint(0, 3, size=(6, 4)))
+    tensors["cb"] = CodedTensor(codebook[indices], int(rs.randint(-half, 0)), qp_density, codebook=codebook)
+    tensors["int"] = torch.tensor([3, -1, 0], dtype=torch.int32)
+    return tensors
+
+
+@pytest.mark.parametrize("qp_density", range(8))
+@pytest.mark.parametrize("profile", [0, 1])
+def test_inspect_qp_from_the_payload_start_matches_the_decoder(qp_density, profile):
+    rs = np.random.RandomState(qp_density * 2 + profile)
+    data = encode(_mixed_qp_stream(qp_density, rs), profile=profile, scan_order=1)
+    decoded = decode_levels(data)
+    rows = inspect_stream(data)
+    assert [r["name"] for r in rows] == list(decoded)
+    for row in rows:
+        t = decoded[row["name"]]
+        assert (row["qp"], row["qp_density"], row["step"]) == (t.qp, t.qp_density, t.step), row["name"]
+        assert row["codebook_size"] == (None if t.codebook is None else 3)
+    assert {r["qp"] for r in rows[:2]} == {-(1 << (5 + qp_density)), (1 << (5 + qp_density)) - 1}
+
+
+def test_inspect_reads_headers_only(monkeypatch):
+    import ecqx.coding.api as api
+
+    data = encode({"w": _w(), "i": torch.tensor([5, 0, 0, 1])})
+    expected = inspect_stream(data)
+
+    def no_decoding():
+        raise AssertionError("inspect_stream decoded a payload")
+
+    monkeypatch.setattr(api, "load_native", no_decoding)
+    assert inspect_stream(data) == expected
+    with pytest.raises(AssertionError, match="decoded a payload"):
+        inspect_stream(data, values=True)
+
+
+def _zero_tensors(count, shape):
+    return {f"z{i}": torch.zeros(shape, dtype=torch.int32) for i in range(count)}
+
+
+def test_max_elements_bounds_the_whole_stream_before_decoding(monkeypatch):
+    import ecqx.coding.api as api
+    from ecqx.coding import decode_state_dict
+
+    data = encode(_zero_tensors(4, (4, 2**18)))  # 4 tensors of 2^20 zeros, each below the limit
+    limit = 2**21
+    readers = [lambda **kw: decode(data, **kw), lambda **kw: decode_levels(data, **kw),
+               lambda **kw: decode_state_dict(data, **kw),
+               lambda **kw: inspect_stream(data, values=True, **kw)]
+    native = api.load_native
+
+    def no_decoding():
+        raise AssertionError("a payload was decoded before the element budget was checked")
+
+    monkeypatch.setattr(api, "load_native", no_decoding)
+    for read in readers:
+        with pytest.raises(BitstreamError, match=r"4194304 tensor elements in 4 tensors .*"
+                                                 r"max_elements=2097152.*raise it with max_elements="):
+            read(max_elements=limit)
+    assert len(inspect_stream(data, max_elements=limit)) == 4  # header-only inspection allocates nothing
+    monkeypatch.setattr(api, "load_native", native)
+    for read in readers:
+        assert len(read(max_elements=2**22)) == 4  # the limit is inclusive
+
+
+@pytest.mark.parametrize("bad", [0, -5, 1.5, True, "many", None])
+def test_max_elements_must_be_a_positive_int(bad):
+    data = encode({"i": torch.tensor([1, 2])})
+    for read in (decode, decode_levels, inspect_stream):
+        with pytest.raises(ValueError, match="max_elements must be an int >= 1"):
+            read(data, max_elements=bad)
+
+
+def test_allow_partial_must_be_a_bool():
+    with pytest.raises(TypeError, match="allow_partial must be a bool"):
+        decode(encode({"i": torch.tensor([1, 2])}), allow_partial="yes")

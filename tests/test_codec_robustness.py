@@ -7,15 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from ecqx.coding import BitstreamError, CodedTensor, decode_levels, encode, load_native
+from ecqx.coding import BitstreamError, CodedTensor, decode_levels, encode, load_native, quantize_tensor
 
 
 def _stream(scan_order=2, dq=True):
     rng = np.random.default_rng(0)
     w = torch.from_numpy(rng.integers(-40, 40, (40, 30)).astype(np.int32))
     w[3:7] = 0
-    from ecqx.coding import quantize_tensor
-
     q = quantize_tensor(w.float() * 0.01, -30, dq=dq, scan_order=scan_order)
     return encode({"w": q, "i": torch.tensor([1, -5, 2**30], dtype=torch.int32),
                    "c": CodedTensor(torch.tensor([[1, 3], [3, 3]], dtype=torch.int32), -9,
@@ -84,3 +82,175 @@ def test_native_decoder_never_reads_past_the_payload():
     for payload in (b"", b"\x00", b"\xff" * 3, b"\x80\x00"):
         with pytest.raises(ValueError):
             native.decode_payload(payload, out, 1, 1000, 0, False, 11, 1, 0, 0, True, 8)
+
+
+# ------------------------------------------------------------------------------------- stream as a whole
+def _unit_ends(data):
+    """Offsets where an NNR unit ends, with the type of that unit."""
+    ends, pos = {}, 0
+    while pos < len(data):
+        field = 4 if data[pos] & 0x80 else 2
+        size = int.from_bytes(data[pos:pos + field], "big") & 0x7FFFFFFF
+        ends[pos + size] = data[pos + field] >> 2
+        pos += size
+    return ends
+
+
+def _model_stream():
+    from ecqx.coding import encode_state_dict
+
+    sd = {"conv.weight": torch.linspace(-1, 1, 2 * 3 * 3 * 3).reshape(2, 3, 3, 3),
+          "conv.bias": torch.tensor([0.5, -0.25]),
+          "bn.num_batches_tracked": torch.tensor(7),
+          "fc.weight": torch.linspace(-2, 2, 60).reshape(6, 10)}
+    return sd, encode_state_dict(sd, quantized={"fc.weight": quantize_tensor(sd["fc.weight"], -20)})
+
+
+def _readers():
+    from ecqx.coding import decode, decode_state_dict, inspect_stream
+
+    return {"decode": decode, "decode_levels": decode_levels, "decode_state_dict": decode_state_dict,
+            "inspect_stream": inspect_stream}
+
+
+def test_stream_cut_at_a_tensor_boundary_names_the_missing_tensors():
+    from ecqx.coding import decode, inspect_stream
+
+    sd, data = _model_stream()
+    names = list(sd)
+    ndu_ends = sorted(end for end, unit_type in _unit_ends(data).items() if unit_type == 5)
+    assert len(ndu_ends) == 4 and ndu_ends[-1] == len(data)
+    for kept, cut in enumerate(ndu_ends[:-1], start=1):
+        missing = names[kept:]
+        for reader_name, read in _readers().items():
+            with pytest.raises(BitstreamError, match="incomplete bitstream") as info:
+                read(data[:cut])
+            message = str(info.value)
+            assert f"{len(missing)} of the 4 tensors" in message, reader_name
+            assert all(repr(name) in message for name in missing), (reader_name, message)
+        # asked for explicitly, the tensors present come back
+        assert list(decode(data[:cut], allow_partial=True)) == names[:kept]
+        assert list(decode_levels(data[:cut], allow_partial=True)) == names[:kept]
+        assert [r["name"] for r in inspect_stream(data[:cut], allow_partial=True)] == names[:kept]
+
+
+def _with_topology(data, text):
+    """The stream with its topology unit replaced by one carrying `text`."""
+    from ecqx.coding import hls
+
+    pos = 0
+    while pos < len(data):
+        field = 4 if data[pos] & 0x80 else 2
+        size = int.from_bytes(data[pos:pos + field], "big") & 0x7FFFFFFF
+        if data[pos + field] >> 2 == 3:
+            return data[:pos] + hls.write_tpl(text) + data[pos + size:]
+        pos += size
+    raise AssertionError("stream has no topology unit")
+
+
+def _legacy_text(meta):
+    import json
+
+    return json.dumps({"ecqx-state-dict": meta}, separators=(",", ":"))
+
+
+def test_streams_of_the_previous_version_decode_and_cuts_before_named_tensors_are_caught():
+    """Streams written before the name list (dtype and scalar only) still decode; a cut that drops a tensor
+    the old metadata names is caught, one that drops only unnamed tensors cannot be told from a whole
+    stream."""
+    from ecqx.coding import decode_state_dict
+
+    sd, data = _model_stream()
+    legacy = _with_topology(data, _legacy_text({"dtype": {"bn.num_batches_tracked": "int64"},
+                                                "scalar": ["bn.num_batches_tracked"]}))
+    out = decode_state_dict(legacy)
+    assert list(out) == list(sd)
+    assert out["bn.num_batches_tracked"].dtype == torch.int64 and out["bn.num_batches_tracked"].dim() == 0
+    ndu_ends = sorted(end for end, unit_type in _unit_ends(legacy).items() if unit_type == 5)
+    with pytest.raises(BitstreamError, match="'bn.num_batches_tracked'"):
+        decode_state_dict(legacy[:ndu_ends[1]])
+    assert list(decode_state_dict(legacy[:ndu_ends[2]])) == list(sd)[:3]
+
+
+FORGED = [
+    ("[" * 100000 + "]" * 100000 + '"ecqx-state-dict"', "nests deeper"),
+    ('{"ecqx-state-dict":' + "[" * 5000 + "]" * 5000 + "}", "nests deeper"),
+    ('{"ecqx-state-dict": {"dtype": {"conv.bias": "float32"}', "nests deeper|unmatched"),
+    ('{"ecqx-state-dict": {"dtype": {"conv.bias": "float32"}}} trailing', "not valid JSON"),
+    ('{"ecqx-state-dict": [1, 2]}', "'ecqx-state-dict'"),
+    ('["ecqx-state-dict"]', "'ecqx-state-dict'"),
+    (_legacy_text({"dtype": ["conv.bias"]}), "'dtype'.*must be an object"),
+    (_legacy_text({"dtype": {"conv.bias": 3}}), "'dtype'.*unknown dtype 3"),
+    (_legacy_text({"dtype": {"conv.bias": "complex64"}}), "'dtype'.*unknown dtype 'complex64'"),
+    (_legacy_text({"dtype": {"fc.weight": "int8"}}), "'dtype'.*'fc.weight' dtype 'int8'.*NNR_PT_FLOAT"),
+    (_legacy_text({"dtype": {"conv.bias": "int64"}}), "'dtype'.*'conv.bias' dtype 'int64'.*float values"),
+    (_legacy_text({"dtype": {"bn.num_batches_tracked": "float16"}}), "'dtype'.*NNR_PT_INT"),
+    (_legacy_text({"scalar": 5}), "'scalar'.*list of tensor names"),
+    (_legacy_text({"scalar": [None]}), "'scalar'.*list of tensor names"),
+    (_legacy_text({"scalar": ["conv.weight"]}), "'scalar'.*'conv.weight'.*54 elements"),
+    (_legacy_text({"scalar": ["conv.bias", "conv.bias"]}), "'scalar'.*more than once"),
+    (_legacy_text({"names": "conv.weight"}), "'names'.*list of tensor names"),
+    (_legacy_text({"names": ["conv.weight", "conv.bias", "fc.weight"]}), "'names'.*'bn.num_batches_tracked'"),
+    (_legacy_text({"names": ["conv.weight", "conv.bias", "bn.num_batches_tracked", "fc.weight"],
+                   "dtype": {"fc.bias": "float16"}}), "'dtype'.*not in its 'names' list.*'fc.bias'"),
+    (_legacy_text({"names": ["conv.weight", "conv.bias", "bn.num_batches_tracked", "fc.weight",
+                             "fc.weight"]}), "'names'.*more than once"),
+    (_legacy_text({"names": ["conv.weight", "conv.bias", "bn.num_batches_tracked", "fc.weight"],
+                   "empty": [{"name": "conv.bias", "index": 1, "shape": [0], "dtype": "float32"}]}),
+     "'empty'.*'conv.bias'"),
+    (_legacy_text({"empty": [{"name": "e", "index": -1, "shape": [0], "dtype": "float32"}]}), "'empty'"),
+    (_legacy_text({"empty": [{"name": "e", "index": 0, "shape": [3], "dtype": "float32"}]}), "'empty'"),
+]
+
+
+@pytest.mark.parametrize("text,match", FORGED)
+def test_forged_metadata_is_a_bitstream_error_naming_the_field(text, match):
+    _, data = _model_stream()
+    forged = _with_topology(data, text)
+    for reader_name, read in _readers().items():
+        with pytest.raises(BitstreamError, match=match) as info:
+            read(forged)
+        assert "topology unit" in str(info.value), reader_name
+
+
+@pytest.mark.parametrize("dtype,value", [("int8", 1000), ("int8", -129), ("uint8", -1), ("bool", 2),
+                                         ("int16", 40000)])
+def test_integer_dtype_must_hold_the_decoded_values(dtype, value):
+    from ecqx.coding import decode_state_dict, encode_state_dict
+
+    data = encode_state_dict({"i": torch.tensor([0, value], dtype=torch.int32)})
+    forged = _with_topology(data, _legacy_text({"dtype": {"i": dtype}}))
+    with pytest.raises(BitstreamError, match=f"'dtype'.*'i' dtype '{dtype}'.*decoded values span"):
+        decode_state_dict(forged)
+
+
+@pytest.mark.parametrize("text", ["", "free text of another producer", "[" * 100000,
+                                  '{"other-tool": {"dtype": 5}}'])
+def test_topology_text_of_other_producers_is_ignored(text):
+    from ecqx.coding import decode_state_dict
+
+    w = torch.tensor([[1, 0], [3, -4]], dtype=torch.int32)
+    data = _with_topology(encode({"w": CodedTensor(w, -8), "i": torch.tensor([2, 3])}), text)
+    out = decode_state_dict(data)
+    assert torch.equal(out["w"], w.float() * 0.25)
+    assert torch.equal(out["i"], torch.tensor([2, 3], dtype=torch.int32))
+
+
+def test_astronomical_dimensions_are_a_bitstream_error():
+    from mutation_corpus import PREFIX, ndu_header, unit
+
+    from ecqx.coding import decode, format_table, inspect_stream
+
+    data = PREFIX + unit(ndu_header(b"w", [2**39] * 32) + bytes(16))  # 2^1248 elements: beyond any float
+    for read in (decode, lambda d: inspect_stream(d, values=True)):
+        with pytest.raises(BitstreamError, match=r"max_elements=.*about 2\^1250 bytes"):
+            read(data)
+    with pytest.raises(BitstreamError, match="cannot be described"):
+        inspect_stream(data)
+    # all rows skipped: the payload bounds the rows, not the width; the headers alone can still be shown
+    skipped = PREFIX + unit(ndu_header(b"w", [4] + [2**39] * 31, payload_type=0) + bytes(16))
+    with pytest.raises(BitstreamError, match="max_elements"):
+        decode(skipped)
+    (row,) = inspect_stream(skipped)
+    assert row["shape"] == (4,) + (2**39,) * 31 and row["bits_per_value"] == 0.0
+    assert f"{4 * 2**(39 * 31)} values" in format_table([row])
