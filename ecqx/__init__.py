@@ -10,7 +10,8 @@ This package is the pure tensor maths; the codec is :mod:`ecqx.coding`, the Ligh
 * :func:`make_shadow`, :func:`ste_gradient` — shadow weights and straight-through gradients;
 * :func:`weight_relevances` — LRP weight relevances (zennit) or gradient×weight (captum) for ECQx;
 * :func:`assign` — the entropy-constrained (ECQ/ECQx) re-assignment; EC2T in :mod:`ecqx.ec2t`;
-* :class:`QuantizedTensor` — integer levels + qp for the codec; :func:`quantize` — one-shot quantization.
+* :class:`QuantizedTensor` — integer levels + qp for the codec; :func:`quantize` — one-shot quantization;
+* :func:`load` — a model from an ``.nnc`` file (the codec's :func:`ecqx.coding.load_nnc`).
 """
 
 from ecqx.assign import Assignment, assign, ec_assign, levels_of, values_of
@@ -24,9 +25,21 @@ from ecqx.ste import make_shadow, ste_gradient
 from ecqx.stepsize import nnc_step_size, snap_step
 from ecqx.targets import select_targets
 
+
+def load(module, source, *, strict: bool = True, workers: int = 1):
+    """Loads an ``.nnc`` file (a path or its bytes) into ``module`` with ``load_state_dict(strict=strict)``.
+
+    The weights are exactly what any NNC decoder reconstructs; returns ``module``. The codec is imported here,
+    on use, so that the maths package does not depend on it.
+    """
+    from ecqx.coding import load_nnc
+
+    return load_nnc(module, source, strict=strict, workers=workers)
+
+
 __all__ = [
     "Assignment", "Grid", "QuantizedTensor", "assign", "cluster_pmf", "ec_assign", "export_levels",
-    "information_content", "lambda_max", "levels_of", "make_shadow", "nnc_step_size", "quantize",
+    "information_content", "lambda_max", "levels_of", "load", "make_shadow", "nnc_step_size", "quantize",
     "select_targets", "size_decay", "snap_grid", "snap_step", "ste_gradient", "uniform_grid", "values_of",
     "QuantizerGroup", "TernaryGroup", "UniformGroup", "weight_relevances",
 ]

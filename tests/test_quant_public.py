@@ -57,3 +57,21 @@ def test_quantize_accepts_a_module_and_rejects_bad_arguments():
         ecqx.quantize([1, 2])
     with pytest.raises(TypeError, match="integer torch tensor"):
         ecqx.QuantizedTensor(torch.zeros(3), qp=-8)
+
+
+def test_load_puts_an_nnc_file_into_a_module(tmp_path):
+    from ecqx.coding import encode_state_dict
+
+    torch.manual_seed(0)
+    source = torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    state = source.state_dict()
+    quantized = ecqx.quantize(state, method="ecq", bits=4, lam=0.0)
+    path = tmp_path / "m.nnc"
+    path.write_bytes(encode_state_dict(state, quantized=quantized))
+    target = torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    assert ecqx.load(target, path) is target
+    for name, q in quantized.items():
+        assert torch.equal(target.state_dict()[name], q.dequantize())
+    with pytest.raises(RuntimeError, match="Missing key"):
+        ecqx.load(torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2),
+                                      torch.nn.Linear(2, 2)), path)
