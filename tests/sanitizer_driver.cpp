@@ -1,18 +1,20 @@
 // Standalone driver for the sanitizer test (tests/test_sanitizers.py): runs the DeepCABAC core
-// (coding/csrc/nnc_core.cpp, no torch/Python) on a corpus of records written by Python, under
-// -fsanitize=address,undefined. Not part of the extension build.
+// (every unit of coding/csrc except the binding, no torch/Python) on a corpus of records written by Python,
+// under -fsanitize=address,undefined. Not part of the extension build.
 //
 // Corpus file: a sequence of records, all integers little-endian:
-//   u8  mode            0 = decode the payload; 1 = encode the int32 levels, decode, compare
+//   u8  mode            0 = decode the payload; 1 = encode the int32 levels, decode, compare;
+//                       2 = trellis-quantize (f64 qscale + float32 weights), then encode, decode, compare
 //   i64 num_rows, i64 layer_width
 //   i32 scan_order, dq, num_gtx, profile, codebook_size, codebook_zero_offset, has_qp, qp_bits,
 //       row_skip, param_opt, qp_delta
-//   u64 n               number of data bytes that follow (payload, or 4 * element count for mode 1)
+//   u64 n               number of data bytes that follow (payload; 4 * element count for mode 1;
+//                       8 + 4 * element count for mode 2)
 //   n bytes of data
 // Output (stdout): one summary line "records=.. ok=.. bitstream_errors=.. usage_errors=.. other_errors=..
-// mismatches=.. skipped=.. overruns=.. roundtrip_rejected=..". Problems of the core (non-nnc exceptions,
-// round-trip mismatches, overruns, rejected own payloads) are listed on stderr; the sanitizers abort the
-// process on any memory or UB error.
+// mismatches=.. skipped=.. overruns=.. roundtrip_rejected=.. trellis_ok=.. trellis_rejected=..". Problems of
+// the core (non-nnc exceptions, round-trip mismatches, overruns, rejected own payloads) are listed on stderr;
+// the sanitizers abort the process on any memory or UB error.
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
@@ -47,6 +49,8 @@ struct Counts {
        skipped = 0;
   long overruns = 0;            // decode succeeded but reported more bytes consumed than given
   long roundtrip_rejected = 0;  // the decoder rejected a payload the encoder had accepted
+  long trellis_ok = 0;          // trellis levels that encode and decode back unchanged
+  long trellis_rejected = 0;    // trellis inputs rejected with UsageError (NaN, infinite, too large)
 };
 
 void run_decode(const nnc::LayerParams& p, const uint8_t* data, size_t size, Counts& c, long index) {
@@ -102,6 +106,45 @@ void run_roundtrip(const nnc::LayerParams& p, const nnc::EncodeOptions& opt, con
   }
 }
 
+// Trellis levels are DQ-consistent reconstruction indices (spec §11.2), so without row skipping they survive
+// an encode/decode round trip unchanged.
+void run_trellis(const nnc::LayerParams& p, const uint8_t* data, size_t size, Counts& c, long index) {
+  const size_t count = (size - 8) / 4;
+  double qscale = 0;
+  std::memcpy(&qscale, data, 8);
+  std::vector<float> weights(count);
+  std::memcpy(weights.data(), data + 8, count * 4);
+  std::vector<int32_t> levels(count, 0);
+  try {
+    nnc::trellis_quantize(weights.data(), p, qscale, levels.data());
+  } catch (const nnc::UsageError&) {
+    ++c.trellis_rejected;
+    return;
+  } catch (const std::exception& e) {
+    ++c.other_errors;
+    std::cerr << "record " << index << ": unexpected exception: " << e.what() << "\n";
+    return;
+  }
+  nnc::LayerParams coded = p;
+  coded.dq = true;
+  nnc::EncodeOptions opt;
+  opt.row_skip = false;
+  try {
+    nnc::EncodedPayload enc = nnc::encode_payload(levels.data(), coded, opt);
+    std::vector<int32_t> out(count, 0);
+    nnc::decode_payload(enc.bytes.data(), enc.bytes.size(), coded, out.data());
+    if (out != levels) {
+      ++c.mismatches;
+      std::cerr << "record " << index << ": trellis levels do not survive a round trip\n";
+    } else {
+      ++c.trellis_ok;
+    }
+  } catch (const std::exception& e) {
+    ++c.other_errors;
+    std::cerr << "record " << index << ": trellis levels not codable: " << e.what() << "\n";
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -153,15 +196,17 @@ int main(int argc, char** argv) {
     }
     if (mode == 0) {
       run_decode(p, data, n, c, index);
-    } else if (n == static_cast<uint64_t>(rows * width) * 4) {
+    } else if (mode == 1 && n == static_cast<uint64_t>(rows * width) * 4) {
       run_roundtrip(p, opt, data, n, c, index);
+    } else if (mode == 2 && n == 8 + static_cast<uint64_t>(rows * width) * 4) {
+      run_trellis(p, data, n, c, index);
     } else {
       ++c.skipped;
     }
   }
   std::printf("records=%ld ok=%ld bitstream_errors=%ld usage_errors=%ld other_errors=%ld mismatches=%ld "
-              "skipped=%ld overruns=%ld roundtrip_rejected=%ld\n",
+              "skipped=%ld overruns=%ld roundtrip_rejected=%ld trellis_ok=%ld trellis_rejected=%ld\n",
               c.records, c.ok, c.bitstream_errors, c.usage_errors, c.other_errors, c.mismatches, c.skipped,
-              c.overruns, c.roundtrip_rejected);
+              c.overruns, c.roundtrip_rejected, c.trellis_ok, c.trellis_rejected);
   return (c.other_errors || c.mismatches) ? 1 : 0;
 }

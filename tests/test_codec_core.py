@@ -236,3 +236,35 @@ def test_decoder_overwrites_every_position(native, so, dq):
     assert (decoded[12345].view(rows, width)[::4] == 0).all()
     if not dq:  # with DQ the decoder may re-map inconsistent indices (spec §11.2)
         assert torch.equal(decoded[12345], flat)
+
+
+# The trellis forms candidate levels from trunc(qscale·|w|) in 64-bit integers: the core itself rejects inputs
+# whose product is not a finite number inside the int32 level range, with an error naming the problem.
+@pytest.mark.parametrize("value,qscale,message", [
+    (float("nan"), 64.0, r"position 13 is NaN"),
+    (float("inf"), 64.0, r"position 13 is infinite"),
+    (-float("inf"), 64.0, r"position 13 is infinite"),
+    (1e30, 64.0, r"weight 1\.00000002e\+30 at position 13 .* exceeds the int32 level range"),
+    (-3e9, 1.0, r"position 13 .* exceeds the int32 level range"),
+    (0.5, float("nan"), r"qscale .* must be a finite positive number, got nan"),
+    (0.5, 0.0, r"qscale .* must be a finite positive number, got 0"),
+    (0.5, -2.0, r"qscale .* must be a finite positive number, got -2"),
+])
+def test_trellis_rejects_unrepresentable_input(native, value, qscale, message):
+    w = torch.linspace(-1, 1, 6 * 5, dtype=torch.float32)
+    w[13] = value
+    out = torch.zeros(6 * 5, dtype=torch.int32)
+    with pytest.raises(ValueError, match=message):
+        native.trellis_quantize(w, out, 6, 5, 1, qscale)
+
+
+def test_trellis_accepts_levels_up_to_the_int32_range(native):
+    """Just inside the limit the trellis still works: its levels are DQ-consistent and survive the coder."""
+    w = torch.tensor([2.0**31 - 128, -(2.0**31 - 128), 0.3, -7.5, 0.0, 1e-3], dtype=torch.float32)
+    out = torch.zeros(6, dtype=torch.int32)
+    native.trellis_quantize(w, out, 2, 3, 0, 1.0)
+    assert abs(int(out[0]) - (2**31 - 128)) <= 2 and abs(int(out[1]) + (2**31 - 128)) <= 2
+    payload, _ = native.encode_payload(out, 2, 3, 0, True, 11, 1, 0, 0, False, 8, False, True, 0)
+    back = torch.empty(6, dtype=torch.int32)
+    native.decode_payload(payload, back, 2, 3, 0, True, 11, 1, 0, 0, False, 8)
+    assert torch.equal(back, out)

@@ -1,12 +1,14 @@
 """AddressSanitizer + UBSan run of the C++ DeepCABAC core on a seeded corpus of damaged payloads.
 
-The core (``coding/csrc/nnc_core.cpp``, no torch headers) is compiled together with the standalone driver
-``tests/sanitizer_driver.cpp`` using ``-fsanitize=address,undefined -fno-sanitize-recover=all``. Seed payloads
-come from NNCodec 2.1.3's own encoder (known tensor parameters), then go through the same mutation operators
-as the Python robustness corpus (truncation at every length, bit flips, byte edits, random bytes) and through
-parameter mutations (a valid payload decoded with wrong geometry, scan order, DQ flag, N, profile, codebook).
-Round-trip records (encode + decode of given levels, extreme magnitudes included) exercise the encoder too.
-Any sanitizer report aborts the driver and fails the test.
+The core (every unit of ``coding/csrc`` but the binding, no torch headers) is compiled together with the
+standalone driver ``tests/sanitizer_driver.cpp`` using ``-fsanitize=address,undefined
+-fno-sanitize-recover=all``. Seed payloads come from NNCodec 2.1.3's own encoder (known tensor parameters),
+then go through the same mutation operators as the Python robustness corpus (truncation at every length, bit
+flips, byte edits, random bytes) and through parameter mutations (a valid payload decoded with wrong geometry,
+scan order, DQ flag, N, profile, codebook). Round-trip records (encode + decode of given levels, extreme
+magnitudes included) exercise the encoder too, and trellis records the dependent quantizer (valid weights,
+whose levels must survive a round trip, and inputs it must reject: NaN, infinite, or too large for int32
+levels). Any sanitizer report aborts the driver and fails the test.
 """
 
 from __future__ import annotations
@@ -109,7 +111,32 @@ def _roundtrip_records(rs: np.random.RandomState) -> list[bytes]:
     return records
 
 
-def _build_corpus(oracle) -> list[bytes]:
+def _trellis_record(rows: int, width: int, scan_order: int, qscale: float, weights: np.ndarray) -> bytes:
+    data = struct.pack("<d", qscale) + np.ascontiguousarray(weights, dtype="<f4").tobytes()
+    return _record(2, rows, width, data, scan_order=scan_order)
+
+
+def _trellis_records(rs: np.random.RandomState) -> tuple[list[bytes], int, int]:
+    """(records, how many the trellis must accept, how many it must reject)."""
+    good = []
+    for (rows, width), scan_order in [((1, 1), 0), ((7, 1), 0), ((1, 9), 2), ((17, 33), 1), ((65, 3), 4),
+                                      ((40, 70), 2)]:
+        for scale in (0.01, 1.0, 300.0):
+            w = (rs.randn(rows * width) * scale).astype(np.float32)
+            w[rs.rand(rows * width) < 0.3] = 0
+            good.append(_trellis_record(rows, width, scan_order, 64.0, w))
+    near_limit = np.array([2.0**31 - 128, -(2.0**31 - 128), 0.3, -7.5], dtype=np.float32)  # |qscale·w| < 2^31
+    good.append(_trellis_record(2, 2, 0, 1.0, near_limit))
+    bad = []
+    for value, qscale in [(np.nan, 64.0), (np.inf, 64.0), (-np.inf, 64.0), (1e30, 64.0), (2.0**32, 1.0),
+                          (1.0, np.nan), (1.0, np.inf), (1.0, 0.0), (1.0, -3.0), (3e38, 1e300)]:
+        w = (rs.randn(6 * 5) * 0.1).astype(np.float32)
+        w[17] = value
+        bad.append(_trellis_record(6, 5, 1, qscale, w))
+    return good + bad, len(good), len(bad)
+
+
+def _build_corpus(oracle) -> tuple[list[bytes], int, int]:
     rng = random.Random(4242)
     rs = np.random.RandomState(4242)
     records: list[bytes] = []
@@ -131,7 +158,8 @@ def _build_corpus(oracle) -> list[bytes]:
         records.append(_record(0, rows, width, data, scan_order=rng.randrange(5), dq=i % 2,
                                has_qp=(i // 2) % 2, profile=(i // 4) % 2, num_gtx=rng.choice([1, 11, 31])))
     records += _roundtrip_records(rs)
-    return records
+    trellis, trellis_ok, trellis_rejected = _trellis_records(rs)
+    return records + trellis, trellis_ok, trellis_rejected
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +178,7 @@ def sanitized_driver(tmp_path_factory) -> Path:
 
 
 def test_core_survives_mutated_payloads_under_asan_ubsan(sanitized_driver, oracle, tmp_path):
-    records = _build_corpus(oracle)
+    records, trellis_ok, trellis_rejected = _build_corpus(oracle)
     assert len(records) > 3000
     corpus = tmp_path / "corpus.bin"
     corpus.write_bytes(b"".join(records))
@@ -170,5 +198,7 @@ def test_core_survives_mutated_payloads_under_asan_ubsan(sanitized_driver, oracl
     assert counts["ok"] > 100 and counts["bitstream_errors"] > 100, counts
     # every payload the encoder accepted decodes again
     assert counts["roundtrip_rejected"] == 0, report
+    # the trellis quantized every valid input (levels that survive a round trip), rejected every invalid one
+    assert counts["trellis_ok"] == trellis_ok and counts["trellis_rejected"] == trellis_rejected, counts
     # "overruns" (a damaged payload that decodes only by reading past its end) are legal for the core: its
     # caller compares the consumed byte count with the NNC unit size (asserted in tests/test_robustness.py)

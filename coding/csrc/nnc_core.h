@@ -9,6 +9,14 @@
 //   nnc::encode_bin_script / nnc::decode_bin_script    raw arithmetic-coder exercise (for tests)
 // Errors: a malformed stream throws nnc::BitstreamError; bad arguments throw nnc::UsageError.
 // Both derive from std::exception; the decoder never reads outside [data, data + size).
+//
+// Units (each with its header; the internal ones in namespace nnc::detail):
+//   engine          arithmetic encoder/decoder and context models (spec §4, §5); raw-engine test API
+//   binarization    context layout, level binarization, ecoIdx list (§6, §7, §8.1)
+//   param_opt       NNCodec's ecoIdx choice by a pseudo-coding pass (§8.2)
+//   scan            geometry, parameter checks, scan order, row skipping walk (§3.3, §9, §10)
+//   dependent_quant DQ state machine, level/index mapping, trellis quantizer (§11)
+//   nnc_core        one tensor in an NDU codeword, entry points, encode_payload / decode_payload (§3, App. C/D)
 #pragma once
 
 #include <cstddef>
@@ -80,6 +88,8 @@ EncodedPayload encode_payload(const int32_t* levels, const LayerParams& p, const
 DecodedPayload decode_payload(const uint8_t* data, size_t size, const LayerParams& p, int32_t* out);
 
 // NNCodec's 8-state trellis quantizer (lambda = 0, spec §11.6); out receives reconstruction indices r.
+// Throws UsageError for a qscale that is not finite and positive, a NaN or infinite weight, or a
+// qscale·|w| beyond 2^31 (or a resulting reconstruction index outside int32).
 void trellis_quantize(const float* weights, const LayerParams& p, double qscale, int32_t* out);
 
 // Flat positions in coding order (spec §9.2) for the effective scan order.
