@@ -37,14 +37,17 @@ Checkpoints: :meth:`QuantizationCallback.state_dict` holds the phase, the step c
 own ``state_dict()`` (per tensor: grid, shadow, levels and the method's fields — running relevance, EC2T
 magnitudes; plus the EC2T magnitude optimizer). Checkpoints written before the grouped state (per-tensor
 entries under ``"tensors"``) load through the same path. A run resumed with ``ckpt_path=`` continues from
-exactly that state. DDP: gradients reach ``on_before_optimizer_step`` already all-reduced, so every rank
-steps identical shadows and the deterministic assignment gives identical quantized weights; ECQx relevances
-are averaged over ranks before use.
+exactly that state. A checkpoint whose quantization state does not fit is an error at resume, never a silent
+restart: state of another method (Lightning would hand it to nobody, :meth:`on_load_checkpoint` catches it),
+another bit width (ECQ/ECQx) or other quantized tensors. DDP: gradients reach ``on_before_optimizer_step``
+already all-reduced, so every rank steps identical shadows and the deterministic assignment gives identical
+quantized weights; ECQx relevances are averaged over ranks before use.
 
 Unsupported combinations fail in ``setup``/``on_fit_start`` with a message: manual optimization, sharded
 strategies (FSDP, DeepSpeed), closures evaluated several times per step (LBFGS), true half precision
 (``16-true``/``bf16-true``: a float32 grid value is not representable), quantized parameters that no optimizer
-steps, and two quantization callbacks on one trainer.
+steps, two quantization callbacks on one trainer, and quantized embeddings with ``sparse=True`` or
+``max_norm``.
 """
 
 from __future__ import annotations
@@ -58,23 +61,38 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.strategies import DDPStrategy, SingleDeviceStrategy
+from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities import rank_zero_info
+from torch import nn
 
 from ecqx.group_state import QuantizerGroup, TensorStatistics
 from ecqx.quantized import QuantizedTensor
-from ecqx.targets import DEFAULT_EXCLUDE, select_targets
+from ecqx.targets import (
+    DEFAULT_EXCLUDE,
+    DEFAULT_MODULE_TYPES,
+    check_module_types,
+    modules_using,
+    parameter_aliases,
+    select_targets,
+)
 
 log = logging.getLogger(__name__)
 
 MODES = ("clean", "faithful")
 SUPPORTED_PRECISIONS = ("32-true", "32", "16-mixed", "bf16-mixed")
 PHASE_WARMUP, PHASE_QUANTIZE, PHASE_FROZEN = "warmup", "quantize", "frozen"
+FRESH_RUN_HINT = "HINT: start a fresh run (no ckpt_path) or pass the matching callback"
 
 
 def find_quantization_callback(trainer: pl.Trainer) -> QuantizationCallback | None:
     """The trainer's quantization callback (there is at most one), or ``None``."""
     found = [cb for cb in trainer.callbacks if isinstance(cb, QuantizationCallback)]
     return found[0] if found else None
+
+
+def _is_quantization_state(state: Any) -> bool:
+    """Whether a checkpoint's callback state was written by a :class:`QuantizationCallback`."""
+    return isinstance(state, dict) and {"method", "phase", "targets"} <= set(state)
 
 
 def check_choice(argument: str, value: Any, allowed: Iterable[Any]) -> None:
@@ -111,9 +129,19 @@ class QuantizationCallback(Callback):
             NNC step sizes so the exported file reproduces the trained weights.
         include: regular expressions; if given, only matching tensor names are quantized.
         exclude: regular expressions of tensor names never quantized.
-        exclude_first: keep the first conv/linear layer in full precision.
-        exclude_last: keep the last conv/linear layer in full precision.
+        exclude_first: keep the first quantizable layer (in ``named_modules()`` order) in full precision.
+        exclude_last: keep the last quantizable layer in full precision.
         log_per_layer: also log sparsity, entropy and λ of every quantized tensor (not only totals).
+        module_types: the module classes whose ``weight`` is quantized (subclasses included); default
+            :data:`ecqx.targets.DEFAULT_MODULE_TYPES` — Conv1d/2d/3d, Linear, Embedding, EmbeddingBag.
+            ``module_types=(nn.Conv2d, nn.Linear)`` keeps embeddings in full precision.
+
+    Embeddings: quantized like any weight matrix (rows = tokens). ``sparse=True`` embeddings are refused (the
+    straight-through mapping and the shadow swap work on dense gradients; sparse optimizers such as
+    ``SparseAdam`` cannot step a dense gradient), and so is ``max_norm`` (the forward pass renormalises the
+    weight in place, which would move it off the grid). Tied weights: a parameter shared by several modules is
+    quantized once (see :mod:`ecqx.targets`), and :meth:`quantized_tensors` describes it under each of its
+    ``state_dict`` names, so an export codes and decodes every copy identically.
     """
 
     method = "base"
@@ -128,8 +156,13 @@ class QuantizationCallback(Callback):
         exclude_first: bool = False,
         exclude_last: bool = False,
         log_per_layer: bool = True,
+        module_types: tuple[type[nn.Module], ...] = DEFAULT_MODULE_TYPES,
     ) -> None:
         check_number("lam", lam, 0.0)
+        try:
+            module_types = check_module_types(module_types, "`module_types`")
+        except TypeError as err:
+            raise ValueError(str(err)) from None
         check_int("start_epoch", start_epoch, 0)
         check_choice("mode", mode, MODES)
         self.lam = float(lam)
@@ -140,9 +173,11 @@ class QuantizationCallback(Callback):
         self.exclude_first = bool(exclude_first)
         self.exclude_last = bool(exclude_last)
         self.log_per_layer = bool(log_per_layer)
+        self.module_types = module_types
         self.phase = PHASE_WARMUP
         self.optimizer_steps = 0
         self.targets: list[str] = []
+        self._aliases: dict[str, list[str]] = {}  # other state_dict names of shared (tied) targets
         self.group: QuantizerGroup | None = None
         self.fp_metrics: dict[str, float] = {}
         self._swapped: list[int] = []
@@ -174,10 +209,17 @@ class QuantizationCallback(Callback):
         return {} if self.group is None else self.group.statistics()
 
     def quantized_tensors(self) -> dict[str, QuantizedTensor]:
-        """Contract descriptions (levels, qp, qp_density, codebook) of every quantized tensor, by name."""
+        """Contract descriptions (levels, qp, qp_density, codebook) of every quantized tensor, by name.
+
+        A shared (tied) tensor appears under every ``state_dict`` name that holds it (the same object).
+        """
         if not self.is_active or self.group is None:
             return {}
-        return self.group.export()
+        out = {}
+        for name, described in self.group.export().items():
+            out[name] = described
+            out.update({alias: described for alias in self._aliases.get(name, ())})
+        return out
 
     def summary(self) -> dict[str, float]:
         """Totals of the latest assignment: sparsity, bits per weight, estimated coded bytes, flips."""
@@ -203,7 +245,8 @@ class QuantizationCallback(Callback):
         self._check_single_quantizer(trainer)
         self._check_strategy_and_optimization(trainer, pl_module)
         self.targets = self._select_targets(pl_module)
-        self._check_target_dtypes(pl_module)
+        self._check_targets(pl_module)
+        self._aliases = parameter_aliases(pl_module, self.targets)
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._check_optimizers(trainer, pl_module)
@@ -255,12 +298,32 @@ class QuantizationCallback(Callback):
             "extra": self._extra_state_dict(),
         }
 
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        # Lightning hands each callback only the state stored under its own key (the class name), so the
+        # state of another method's callback would be silently ignored and quantization restart from scratch.
+        states = checkpoint.get("callbacks") or {}
+        if trainer.state.fn != TrainerFn.FITTING:
+            return  # only fit resumes the quantization state
+        if states.get(self.state_key) is not None or states.get(self._legacy_state_key) is not None:
+            return
+        for key, state in states.items():
+            if _is_quantization_state(state):
+                raise ValueError(
+                    f"the checkpoint holds {state['method']!r} quantization state (written by the {key} "
+                    f"callback), but this run quantizes with {type(self).__name__} ({self.method!r}); "
+                    f"resuming would drop the {state['method']!r} state and quantize from scratch. "
+                    f"{FRESH_RUN_HINT} ({key})."
+                )
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if state_dict.get("method") != self.method:
             raise ValueError(
                 f"checkpoint holds {state_dict.get('method')!r} quantization state, but this callback is "
-                f"{type(self).__name__} ({self.method!r}). HINT: resume with the same quantization callback."
+                f"{type(self).__name__} ({self.method!r}). {FRESH_RUN_HINT}."
             )
+        self._check_checkpoint_settings(state_dict)
         # Applied in on_train_start, once the model is on its device and the optimizer exists.
         self._pending_state = state_dict
 
@@ -297,20 +360,22 @@ class QuantizationCallback(Callback):
             pl_module,
             include=self.include,
             exclude=self.exclude,
+            types=self.module_types,
             exclude_first=self.exclude_first,
             exclude_last=self.exclude_last,
         )
         if not targets:
+            types = ", ".join(t.__name__ for t in self.module_types)
             raise ValueError(
                 f"{type(self).__name__} found no layer to quantize in {type(pl_module).__name__} "
                 f"(include={self.include!r}, exclude={self.exclude!r}, exclude_first={self.exclude_first}, "
                 f"exclude_last={self.exclude_last})."
-                " Quantized are the weights of Conv1d/2d/3d and Linear layers."
+                f" Quantized are the weights of the module_types ({types})."
             )
         return targets
 
-    def _check_target_dtypes(self, pl_module: pl.LightningModule) -> None:
-        params = dict(pl_module.named_parameters())
+    def _check_targets(self, pl_module: pl.LightningModule) -> None:
+        params = dict(pl_module.named_parameters(remove_duplicate=False))
         for name in self.targets:
             if name not in params:
                 raise ValueError(
@@ -320,10 +385,28 @@ class QuantizationCallback(Callback):
                 raise ValueError(
                     f"quantization target '{name}' has dtype {params[name].dtype}; needs float32"
                 )
+            for module_name, module in modules_using(pl_module, name):
+                if not isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
+                    continue
+                if module.sparse:
+                    raise ValueError(
+                        f"{type(self).__name__}: '{module_name}' ({type(module).__name__}) has sparse=True; "
+                        "its sparse gradients cannot be mapped to the shadow weights (the straight-through "
+                        "rule and the shadow swap need dense ones). HINT: use sparse=False with a dense "
+                        "optimizer, or keep it in full precision (module_types without it, or exclude="
+                        f"{module_name + '.weight'!r})."
+                    )
+                if module.max_norm is not None:
+                    raise ValueError(
+                        f"{type(self).__name__}: '{module_name}' ({type(module).__name__}) has max_norm="
+                        f"{module.max_norm}; its forward pass renormalises the weight in place, which would "
+                        "move the quantized weights off the grid. HINT: drop max_norm, or keep it in full "
+                        f"precision (exclude={module_name + '.weight'!r})."
+                    )
 
     def _check_optimizers(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         stepped = {id(p) for opt in trainer.optimizers for group in opt.param_groups for p in group["params"]}
-        params = dict(pl_module.named_parameters())
+        params = dict(pl_module.named_parameters(remove_duplicate=False))
         missing = [name for name in self.targets if id(params[name]) not in stepped]
         if missing:
             raise ValueError(
@@ -339,7 +422,7 @@ class QuantizationCallback(Callback):
 
     # ------------------------------------------------------------------ mechanics
     def _parameters(self, pl_module: pl.LightningModule) -> dict[str, torch.nn.Parameter]:
-        params = dict(pl_module.named_parameters())
+        params = dict(pl_module.named_parameters(remove_duplicate=False))
         return {name: params[name] for name in self.targets}
 
     def _parameter_list(self, pl_module: pl.LightningModule) -> list[torch.nn.Parameter]:
@@ -414,9 +497,14 @@ class QuantizationCallback(Callback):
 
     def _apply_state(self, state: dict[str, Any], pl_module: pl.LightningModule) -> None:
         if state["targets"] != self.targets:
+            only_saved = [n for n in state["targets"] if n not in self.targets]
+            only_here = [n for n in self.targets if n not in state["targets"]]
             raise ValueError(
-                f"checkpoint quantized {state['targets']} but this model/callback selects {self.targets}. "
-                "HINT: resume with the same model and the same include/exclude arguments."
+                f"the checkpoint's {type(self).__name__} state quantized {state['targets']}, but this model "
+                f"and callback select {self.targets} (only in the checkpoint: {only_saved}; only here: "
+                f"{only_here}; an empty pair means another order). HINT: resume with the same model and "
+                "the same include/exclude/exclude_first/exclude_last/module_types arguments, or start a "
+                "fresh run (no ckpt_path)."
             )
         self.phase = state["phase"]
         self.optimizer_steps = state["optimizer_steps"]
@@ -437,6 +525,9 @@ class QuantizationCallback(Callback):
         self._stepped = False
 
     # ------------------------------------------------------------------ subclass interface
+    def _check_checkpoint_settings(self, state: dict[str, Any]) -> None:
+        """Raise if the checkpoint's state was written with settings it cannot continue under (ECQ: bits)."""
+
     def _new_group(self, shapes: list[torch.Size], device: torch.device) -> QuantizerGroup:
         """An uninitialised group state for the targets (``self.targets`` order) on ``device``."""
         raise NotImplementedError

@@ -40,8 +40,14 @@ class EC2T(QuantizationCallback):
         resolution: Δ ≈ max(w_n, w_p) / 2^resolution (finer = magnitudes closer to their latent value).
         mode: ``"clean"`` or ``"faithful"``.
         exclude_first, exclude_last: keep the input and output layers in full precision (default True, as
-            the reference: "all layers but the input and the output layer").
-        **kwargs: ``include``, ``exclude``, ``log_per_layer``.
+            the reference: "all layers but the input and the output layer", spec ecqx-ec2t.md §4.2, verified
+            on its released ResNet-20). This differs from ECQ/ECQx (default False, also as their reference,
+            spec §2.1) for a reason: a ternary layer keeps only 3 values, and the input layer (which sees the
+            raw data) and the output layer (one row per class) lose the most from that, while they hold a
+            small share of the weights of the networks EC2T targets. With an embedding in front, the
+            embedding is the input layer. Pass ``False`` to ternarize them too.
+        **kwargs: ``include``, ``exclude``, ``log_per_layer``, ``module_types`` (see
+            :class:`~ecqx.callbacks._base.QuantizationCallback`).
 
     Example::
 

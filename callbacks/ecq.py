@@ -24,13 +24,14 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.utilities import move_data_to_device
+from pytorch_lightning.utilities import move_data_to_device, rank_zero_warn
 
 from ecqx.assign import DEFAULT_P
 from ecqx.callbacks._base import QuantizationCallback, check_choice, check_int, check_number
 from ecqx.callbacks._evaluate import find_loader
 from ecqx.group_state import UniformGroup
 from ecqx.ste import STE_SCALES, default_ste_scale
+from ecqx.targets import select_targets
 
 RELEVANCE_SOURCES = ("batch", "val")
 RELEVANCE_BACKENDS = ("zennit", "captum")
@@ -46,7 +47,16 @@ class ECQ(QuantizationCallback):
         mode: ``"clean"`` or ``"faithful"`` (see :class:`~ecqx.callbacks._base.QuantizationCallback`).
         gradient_scale: straight-through rule, ``"abs"``, ``"signed"`` or ``"identity"``
             (default: ``"abs"`` in clean mode, ``"signed"`` in faithful mode).
-        **kwargs: ``include``, ``exclude``, ``exclude_first``, ``exclude_last``, ``log_per_layer``.
+        exclude_first, exclude_last: keep the first / last quantizable layer in full precision. Default
+            (``None``): both are quantized, as in the reference ECQ/ECQx (spec ecqx-ec2t.md §2.1: every
+            ≥ 2-D tensor including the first conv and the last FC; its ResNet-20 results quantize all 20
+            layers at 4 bits). EC2T differs on purpose (see :class:`~ecqx.callbacks.EC2T`): a ternary layer
+            has 3 values, a b-bit grid 2^b. At ``bits=2`` the grid is nearly as coarse as a ternary one and
+            quantizing the input and output layers can cost much accuracy, so with the defaults at 2 bits
+            the callback warns once (rank zero); pass ``True`` to keep them in full precision as EC2T does,
+            or ``False`` to quantize them without the warning.
+        **kwargs: ``include``, ``exclude``, ``log_per_layer``, ``module_types`` (see
+            :class:`~ecqx.callbacks._base.QuantizationCallback`).
 
     Example::
 
@@ -62,15 +72,47 @@ class ECQ(QuantizationCallback):
         start_epoch: int = 0,
         mode: str = "clean",
         gradient_scale: str | None = None,
+        exclude_first: bool | None = None,
+        exclude_last: bool | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(lam=lam, start_epoch=start_epoch, mode=mode, **kwargs)
+        super().__init__(lam=lam, start_epoch=start_epoch, mode=mode, exclude_first=bool(exclude_first),
+                         exclude_last=bool(exclude_last), **kwargs)
         if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 8:
             raise ValueError(f"`bits` must be an integer in 2..8, got {bits!r}")
         if gradient_scale is not None:
             check_choice("gradient_scale", gradient_scale, STE_SCALES)
         self.bits = bits
         self.gradient_scale = gradient_scale or default_ste_scale(mode)
+        self._default_first_last = exclude_first is None and exclude_last is None
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        if stage == "fit" and self.bits == 2 and self._default_first_last:
+            self._warn_first_last_at_two_bits(pl_module)
+
+    def _warn_first_last_at_two_bits(self, pl_module: pl.LightningModule) -> None:
+        layers = select_targets(pl_module, exclude=None, types=self.module_types)
+        quantized = [name for name in dict.fromkeys([layers[0], layers[-1]]) if name in self.targets]
+        if quantized:
+            rank_zero_warn(
+                f"{type(self).__name__}(bits=2) quantizes the first and last layers {quantized} (the "
+                "default, as in the reference ECQ); on a 2-bit grid these layers often cost the most "
+                "accuracy. Pass exclude_first=True, exclude_last=True to keep them in full precision (as "
+                "EC2T does), or exclude_first=False, exclude_last=False to quantize them without this "
+                "warning."
+            )
+
+    def _check_checkpoint_settings(self, state: dict[str, Any]) -> None:
+        tensors = (state.get("group") or {}).get("tensors") or state.get("tensors") or {}
+        counts = sorted({len(e["grid"]["levels"]) for e in tensors.values() if "grid" in e})
+        if counts and counts != [2 ** self.bits]:
+            saved = ", ".join(str(count.bit_length() - 1) for count in counts)  # 2^bits levels
+            raise ValueError(
+                f"the checkpoint's {type(self).__name__} state was written with bits={saved}, but this "
+                f"callback has bits={self.bits}; the grids are fixed when quantization starts. HINT: resume "
+                f"with bits={saved}, or start a fresh run (no ckpt_path) to quantize with bits={self.bits}."
+            )
 
     def _new_group(self, shapes: list[torch.Size], device: torch.device) -> UniformGroup:
         # The grids are snapped in both modes: the trained values must be exactly what NNC decodes.
@@ -102,7 +144,14 @@ class ECQx(ECQ):
         relevance_batches: number of reference batches for ``relevance_source="val"``.
         backend: ``"zennit"`` or ``"captum"``.
         composite: a zennit ``Composite`` (``None``: :func:`ecqx.relevance.epsilon_plus_flat_bn_pass`).
-        **kwargs: ``include``, ``exclude``, ``exclude_first``, ``exclude_last``, ``log_per_layer``.
+        **kwargs: ``exclude_first``, ``exclude_last`` (as :class:`ECQ`), ``include``, ``exclude``,
+            ``log_per_layer``, ``module_types``.
+
+    Models with integer inputs (token ids into an ``nn.Embedding`` / ``nn.EmbeddingBag``) work with both
+    backends: the zennit pass starts at the logits and stops at the quantized layers' outputs, and an
+    embedding's weight relevance is the ε rule applied to the lookup — the relevance arriving at its output
+    flows back into the rows that the batch used (:mod:`ecqx.relevance`). The inputs are ``batch[0]`` (or
+    ``batch["x"]``) and are passed to the module as one argument.
 
     Example::
 

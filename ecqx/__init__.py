@@ -23,7 +23,7 @@ from ecqx.quantized import QuantizedTensor, export_levels
 from ecqx.relevance import weight_relevances
 from ecqx.ste import make_shadow, ste_gradient
 from ecqx.stepsize import nnc_step_size, snap_step
-from ecqx.targets import select_targets
+from ecqx.targets import DEFAULT_MODULE_TYPES, select_targets
 
 
 def load(module, source, *, strict: bool = True, workers: int = 1):
@@ -38,6 +38,7 @@ def load(module, source, *, strict: bool = True, workers: int = 1):
 
 
 __all__ = [
+    "DEFAULT_MODULE_TYPES",
     "Assignment", "Grid", "QuantizedTensor", "assign", "cluster_pmf", "ec_assign", "export_levels",
     "information_content", "lambda_max", "levels_of", "load", "make_shadow", "nnc_step_size", "quantize",
     "select_targets", "size_decay", "snap_grid", "snap_step", "ste_gradient", "uniform_grid", "values_of",

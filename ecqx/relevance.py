@@ -19,6 +19,20 @@ Backends:
   quantized) weight — use such canonizers deliberately.
 * ``"captum"``: gradient × weight with captum's ``InputXGradient`` applied to the weights (through
   ``torch.func.functional_call``): R_w = w ⊙ Σ_b ∂ logit_{b, y_b} / ∂w / B.
+
+Embeddings and integer inputs (token ids). An ``nn.Embedding`` is a linear layer whose input is the one-hot
+code of the ids, so the same ε weight rule applies to it unchanged: z = W[ids] and
+R_w[i, j] = Σ_{positions with id i} R[pos, j] · W[i, j] / stab(W[i, j]), i.e. the relevance that arrives at
+the embedding output flows back into the rows that were looked up (rows not used by the batch get 0). For
+``nn.EmbeddingBag`` (sum/mean: a linear layer on the bag's count vector, per-sample weights included; max:
+the winning row takes the relevance) the rule is the same derivative through ``F.embedding_bag``. The
+default composite treats an embedding in front of the first conv/linear as the model's input layer: no rule
+on the embedding (the ids carry no relevance of their own) and no Flat rule on the layer after it, which is
+a hidden layer on real-valued features. For inputs that are not floating point (ids) the backward pass
+starts from the logits and stops at the outputs of the quantized layers instead of at the input (which
+cannot require a gradient); for floating inputs the pass is the one the reference makes. Tied weights: the
+relevance of a parameter used by several modules (a decoder tied to an embedding) is the sum of the rule
+applied at each of them.
 """
 
 from __future__ import annotations
@@ -30,10 +44,12 @@ from torch import nn
 from torch.nn import functional as F
 
 from ecqx._checks import check_choice
-from ecqx.targets import select_targets
+from ecqx.targets import modules_using, select_targets
 
 BACKENDS = ("zennit", "captum")
 LRP_EPSILON = 1e-6
+EMBEDDINGS = (nn.Embedding, nn.EmbeddingBag)
+WEIGHT_RULE_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, *EMBEDDINGS)
 
 
 def epsilon_plus_flat_bn_pass():
@@ -46,7 +62,9 @@ def epsilon_plus_flat_bn_pass():
 
     layer_map = [(Activation, Pass()), (Sum, Norm()), (AvgPool, Norm()), (Convolution, ZPlus()),
                  (BatchNorm, Pass()), (nn.Linear, Epsilon(epsilon=LRP_EPSILON))]
-    return SpecialFirstLayerMapComposite(layer_map=layer_map, first_map=[(AnyLinear, Flat())])
+    # an embedding seen first is the input layer: it takes the "first layer" slot without a rule of its own
+    first_map = [(EMBEDDINGS, None), (AnyLinear, Flat())]
+    return SpecialFirstLayerMapComposite(layer_map=layer_map, first_map=first_map)
 
 
 def _check_inputs(model, inputs, targets) -> None:
@@ -59,49 +77,73 @@ def _check_inputs(model, inputs, targets) -> None:
                          f"got dtype {targets.dtype} shape {tuple(targets.shape)}")
 
 
-def _module_of(model: nn.Module, name: str) -> nn.Module:
+def _modules_of(model: nn.Module, name: str) -> list[nn.Module]:
+    """The module that owns weight ``name`` and every other module sharing that parameter (tied weights)."""
     module_name, _, attr = name.rpartition(".")
     if attr != "weight":
         raise ValueError(f"relevances are computed for module weights (names ending in '.weight'), "
                          f"got {name!r}")
-    module = model.get_submodule(module_name) if module_name else model
-    if not isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d | nn.Linear):
-        raise ValueError(f"{name!r} belongs to a {type(module).__name__}; "
-                         "the weight rule supports Conv1d/2d/3d and Linear")
-    return module
+    owner = model.get_submodule(module_name) if module_name else model
+    sharing = [module for _, module in modules_using(model, name)]
+    for module in [owner, *sharing]:
+        if not isinstance(module, WEIGHT_RULE_TYPES):
+            raise ValueError(f"{name!r} belongs to a {type(module).__name__}; "
+                             "the weight rule supports Conv1d/2d/3d and Linear, Embedding and EmbeddingBag")
+    return sharing
 
 
-def _linear_output(module: nn.Module, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+def _layer_output(module: nn.Module, args: tuple, kwargs: dict, weight: torch.Tensor) -> torch.Tensor:
+    """``module``'s output for the recorded call with ``weight`` in place of its own (no hooks run)."""
+    if isinstance(module, nn.Embedding):
+        # max_norm would renormalise the weight in place, scale_grad_by_freq distort the derivative
+        return F.embedding(args[0], weight, None, None, module.norm_type, False, False)
+    if isinstance(module, nn.EmbeddingBag):
+        call = dict(zip(("input", "offsets", "per_sample_weights"), args, strict=False), **kwargs)
+        return F.embedding_bag(call["input"], weight, call.get("offsets"), None, module.norm_type, False,
+                               module.mode, False, call.get("per_sample_weights"), module.include_last_offset,
+                               module.padding_idx)
+    x = args[0] if args else kwargs["input"]
     bias = None if module.bias is None else module.bias.detach()
     if isinstance(module, nn.Linear):
         return F.linear(x, weight, bias)
     return module._conv_forward(x, weight, bias)
 
 
-def _epsilon_weight_relevance(module: nn.Module, x: torch.Tensor,
+def _epsilon_weight_relevance(module: nn.Module, args: tuple, kwargs: dict,
                               relevance_out: torch.Tensor) -> torch.Tensor:
     weight = module.weight.detach().clone().requires_grad_(True)
     with torch.enable_grad():
-        z = _linear_output(module, x, weight)
+        z = _layer_output(module, args, kwargs, weight)
         stabiliser = torch.where(z >= 0, torch.ones_like(z), -torch.ones_like(z)) * LRP_EPSILON
         (grad,) = torch.autograd.grad(z, weight, grad_outputs=relevance_out / (z.detach() + stabiliser))
     return weight.detach() * grad
 
 
+def _detached(value):
+    return value.detach() if isinstance(value, torch.Tensor) else value
+
+
 class _OutputRelevanceRecorder:
-    """Forward hooks storing each target layer's input and, via a tensor hook, the relevance at its output."""
+    """Forward hooks storing each module's inputs and output and, via a tensor hook, the relevance at it."""
 
-    def __init__(self, modules: dict[str, nn.Module]):
-        self.records: dict[str, list] = {name: [] for name in modules}
-        self.handles = [module.register_forward_hook(self._hook(name)) for name, module in modules.items()]
+    def __init__(self, modules: list[nn.Module]):
+        self.records: dict[int, list] = {id(module): [] for module in modules}
+        self.handles = [module.register_forward_hook(self._hook(id(module)), with_kwargs=True)
+                        for module in modules]
 
-    def _hook(self, name):
-        def hook(module, args, output):
-            record = {"x": args[0].detach()}
-            self.records[name].append(record)
+    def _hook(self, key):
+        def hook(module, args, kwargs, output):
+            record = {"args": tuple(_detached(a) for a in args),
+                      "kwargs": {k: _detached(v) for k, v in kwargs.items()}, "output": output}
+            self.records[key].append(record)
             if output.requires_grad:
                 output.register_hook(lambda grad: record.__setitem__("r", grad.detach()))
         return hook
+
+    def outputs(self) -> list[torch.Tensor]:
+        """The recorded outputs that are part of the autograd graph."""
+        return [rec["output"] for recs in self.records.values() for rec in recs
+                if rec["output"].requires_grad]
 
     def remove(self) -> None:
         for handle in self.handles:
@@ -116,23 +158,33 @@ def _true_class_seed(output: torch.Tensor, targets: torch.Tensor) -> torch.Tenso
 
 
 def _zennit_relevances(model, inputs, targets, names, composite, canonizers) -> dict[str, torch.Tensor]:
-    modules = {name: _module_of(model, name) for name in names}
+    modules = {name: _modules_of(model, name) for name in names}
     composite = composite if composite is not None else epsilon_plus_flat_bn_pass()
     if canonizers:
         composite.canonizers = list(composite.canonizers or []) + list(canonizers)
-    x = inputs.detach().clone().requires_grad_(True)
+    from_input = inputs.is_floating_point()
+    x = inputs.detach().clone().requires_grad_(True) if from_input else inputs.detach()
     with composite.context(model) as hooked:
-        recorder = _OutputRelevanceRecorder(modules)
+        recorder = _OutputRelevanceRecorder([m for sharing in modules.values() for m in sharing])
         try:
             output = hooked(x)
-            torch.autograd.grad(output, x, grad_outputs=_true_class_seed(output, targets))
+            wrt = [x] if from_input else recorder.outputs()
+            if not wrt:
+                raise ValueError(
+                    "no quantized layer's output depends on a trainable weight, so no relevance can reach "
+                    f"them from the output (inputs of dtype {inputs.dtype}). HINT: check `names` and that "
+                    "the quantized weights require gradients."
+                )
+            seed = _true_class_seed(output, targets)
+            torch.autograd.grad(output, wrt, grad_outputs=seed, allow_unused=True)
         finally:
             recorder.remove()
     out = {}
-    for name, module in modules.items():
-        parts = [_epsilon_weight_relevance(module, rec["x"], rec["r"]) for rec in recorder.records[name]
-                 if "r" in rec]
-        out[name] = torch.stack(parts).sum(0) if parts else torch.zeros_like(module.weight.detach())
+    for name, sharing in modules.items():
+        parts = [_epsilon_weight_relevance(module, rec["args"], rec["kwargs"], rec["r"])
+                 for module in sharing for rec in recorder.records[id(module)] if "r" in rec]
+        zeros = torch.zeros_like(model.get_parameter(name).detach())
+        out[name] = torch.stack(parts).sum(0) if parts else zeros
     return out
 
 

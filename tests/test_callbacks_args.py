@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from callback_helpers import synthetic_loader, tiny_module, tiny_trainer
 from pytorch_lightning import LightningModule
+from torch import nn
 
 from ecqx.callbacks import EC2T, ECQ, ECQx, NNCExport, RateDistortion
 
@@ -43,6 +46,8 @@ from ecqx.callbacks import EC2T, ECQ, ECQx, NNCExport, RateDistortion
         ),
         (lambda: NNCExport("m.nnc", stage="train"), r"`stage` must be one of \['test', 'val'\], got 'train'"),
         (lambda: RateDistortion("out", monitor=""), r"`monitor` must be the name of a logged metric, got ''"),
+        (lambda: ECQ(module_types=()), r"`module_types` must be a tuple of nn.Module subclasses, got \(\)"),
+        (lambda: EC2T(module_types=(nn.Linear, "x")), r"`module_types` must be a tuple of nn.Module subcl"),
     ],
 )
 def test_bad_arguments_name_argument_value_and_allowed_set(factory, message):
@@ -114,3 +119,28 @@ def test_export_without_validation_step_is_rejected_before_training(tmp_path):
 def test_lam_must_be_a_finite_nonnegative_number_at_construction(factory, value):
     with pytest.raises(ValueError, match=r"`lam` must be a number in >= 0.0, got .* \(finite numbers only\)"):
         factory(lam=value)
+
+
+def _first_last_warnings(callback) -> list[str]:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _fit(tiny_module(), [callback])
+    return [str(w.message) for w in caught if "first and last layers" in str(w.message)]
+
+
+def test_first_and_last_layer_defaults_and_the_two_bit_warning():
+    # ECQ/ECQx quantize the first and last layer by default (the reference ECQ), EC2T keeps them in full
+    # precision (the reference EC2T); the reasons are in the docstrings
+    everything = ["model.fc1.weight", "model.fc2.weight", "model.fc3.weight"]
+    for callback, targets in [(ECQ(), everything), (ECQx(), everything), (EC2T(), ["model.fc2.weight"])]:
+        _fit(tiny_module(), [callback])
+        assert callback.targets == targets, type(callback).__name__
+    # at 2 bits the defaults warn (the grid is nearly as coarse as EC2T's ternary one); explicit flags do not
+    (message,) = _first_last_warnings(ECQx(bits=2))
+    layers = "['model.fc1.weight', 'model.fc3.weight']"
+    assert f"ECQx(bits=2) quantizes the first and last layers {layers}" in message
+    assert "exclude_first=True, exclude_last=True" in message
+    assert _first_last_warnings(ECQ(bits=3)) == []
+    assert _first_last_warnings(ECQ(bits=2, exclude_first=False, exclude_last=False)) == []
+    quiet = ECQ(bits=2, exclude_first=True, exclude_last=True)
+    assert _first_last_warnings(quiet) == [] and quiet.targets == ["model.fc2.weight"]
