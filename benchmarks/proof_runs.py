@@ -113,7 +113,7 @@ def build_cli(config_path: Path):
 
 def evaluate_decoded(module, nnc_path: Path, quantized_names: list[str], loader) -> dict:
     """Decode the ``.nnc`` file into a copy of ``module`` (strict load) and score it on ``loader``."""
-    from ecqx.coding import decode_state_dict
+    from ecqx.coding import decode_state_dict, float32_bytes
 
     data = nnc_path.read_bytes()
     decoded_state = decode_state_dict(data)
@@ -121,13 +121,13 @@ def evaluate_decoded(module, nnc_path: Path, quantized_names: list[str], loader)
     decoded.load_state_dict(decoded_state, strict=True)
     zeros = sum(int((decoded_state[n] == 0).sum()) for n in quantized_names)
     numel = sum(decoded_state[n].numel() for n in quantized_names)
-    float32_bytes = 4 * sum(t.numel() for t in decoded_state.values())
+    reference = float32_bytes(decoded_state)
     per_layer = {n: float((decoded_state[n] == 0).float().mean()) for n in quantized_names}
     return {
         "test": decoded.evaluate(loader),
         "nnc_bytes": len(data),
-        "float32_bytes": float32_bytes,
-        "ratio": len(data) / float32_bytes,
+        "float32_bytes": reference,
+        "ratio": len(data) / reference,
         "quantized_weights": numel,
         "zeros": zeros / numel,
         "zeros_per_layer": per_layer,

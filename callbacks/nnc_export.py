@@ -9,8 +9,8 @@ At the end of fit (and optionally every ``every_n_epochs`` epochs or at every ch
 3. decodes the bytes into a fresh ``copy.deepcopy`` of the LightningModule (``load_state_dict(strict=True)``),
 4. checks that every decoded quantized weight equals the trained one bit for bit (``RuntimeError`` otherwise),
 5. evaluates the decoded copy with the module's own ``validation_step`` (or ``test_step``) on the datamodule's
-   loader and logs ``nnc_bytes``, ``nnc_ratio`` (file size / float32 size of the state_dict) and the decoded
-   metrics prefixed with ``nnc_`` (e.g. ``nnc_val_acc``).
+   loader and logs ``nnc_bytes``, ``nnc_ratio`` (file size / :func:`ecqx.coding.float32_bytes`) and the
+   decoded metrics prefixed with ``nnc_`` (e.g. ``nnc_val_acc``).
 
 Only the global-zero rank encodes, writes and evaluates; the result is broadcast so every rank logs the same
 numbers (the broadcast is the barrier). The native coder is built/loaded in ``setup`` so that a missing
@@ -29,12 +29,13 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback
-from pytorch_lightning.utilities import rank_zero_info
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from pytorch_lightning.utilities.model_helpers import is_overridden
 
 from ecqx import coding
 from ecqx.callbacks._base import find_quantization_callback
 from ecqx.callbacks._evaluate import STEP_NAMES, evaluate_with_steps, find_loader
+from ecqx.coding.files import write_bytes_atomic
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ class ExportResult:
 
     @property
     def ratio(self) -> float:
-        """File size as a fraction of the float32 state_dict size."""
+        """File size as a fraction of the float32 size (:func:`ecqx.coding.float32_bytes`)."""
         return self.nnc_bytes / self.float32_bytes
 
     def log_values(self) -> dict[str, float]:
@@ -142,6 +143,9 @@ class NNCExport(Callback):
         # self.log is not allowed in on_train_end; make the numbers visible to the CLI summary as well
         trainer.callback_metrics.update({k: torch.tensor(v) for k, v in result.log_values().items()})
         rank_zero_info(_summary_line(result))
+        if result.num_quantized == 0:
+            reason = no_quantization_reason(trainer)
+            rank_zero_warn(f"NNCExport: {result.path} holds no quantized tensor: {reason}")
 
     def _periodic_path(self, trainer: pl.Trainer) -> Path:
         return self.path.with_name(f"{self.path.stem}-epoch={trainer.current_epoch}{self.path.suffix}")
@@ -165,7 +169,7 @@ class NNCExport(Callback):
         state_dict = pl_module.state_dict()
         data = coding.encode_state_dict(state_dict, quantized, nonweight_qp=self.nonweight_qp)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
+        write_bytes_atomic(path, data)
         decoded = decode_into_copy(pl_module, data)
         check_decoded_equal(decoded, pl_module, quantized)
         metrics = self._evaluate(trainer, decoded) if evaluate else {}
@@ -173,7 +177,7 @@ class NNCExport(Callback):
             path=str(path),
             epoch=trainer.current_epoch,
             nnc_bytes=len(data),
-            float32_bytes=float32_size(state_dict),
+            float32_bytes=coding.float32_bytes(state_dict),
             num_quantized=len(quantized),
             metrics=metrics,
         )
@@ -191,6 +195,21 @@ class NNCExport(Callback):
 def _quantized_descriptions(trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
     quantizer = find_quantization_callback(trainer)
     return quantizer.quantized_tensors() if quantizer is not None and quantizer.is_active else {}
+
+
+def no_quantization_reason(trainer: pl.Trainer) -> str:
+    """Why the trainer's model holds no quantized tensor after fit, in words (warnings, the run report)."""
+    quantizer = find_quantization_callback(trainer)
+    if quantizer is None:
+        return ("the trainer has no quantization callback (ECQ, ECQx or EC2T); every tensor was coded with "
+                "the fine non-weight step")
+    name, start, epochs = type(quantizer).__name__, quantizer.start_epoch, trainer.current_epoch
+    if not quantizer.is_active:
+        return (f"{name}(start_epoch={start}) never started: the run ended after {epochs} epoch(s) of "
+                f"full-precision warm-up (quantization starts at epoch {start}, counting from 0). HINT: "
+                f"lower start_epoch below {max(epochs, 1)} (--start-epoch) or train more epochs "
+                "(--trainer.max_epochs).")
+    return f"{name} is active but holds no quantized tensor"
 
 
 def decode_into_copy(pl_module: pl.LightningModule, data: bytes) -> pl.LightningModule:
@@ -220,11 +239,6 @@ def check_decoded_equal(
                 " does "
                 "not reproduce the trained model."
             )
-
-
-def float32_size(state_dict: dict[str, torch.Tensor]) -> int:
-    """Bytes the state_dict would take with every value stored as float32."""
-    return 4 * sum(t.numel() for t in state_dict.values() if isinstance(t, torch.Tensor))
 
 
 def _summary_line(result: ExportResult) -> str:

@@ -11,6 +11,7 @@ from callback_helpers import params, synthetic_loader, tiny_module, tiny_trainer
 
 from ecqx.callbacks import EC2T, ECQ, ECQx, NNCExport, RateDistortion
 from ecqx.callbacks.nnc_export import check_decoded_equal, decode_into_copy
+from ecqx.callbacks.rate_distortion import COLUMNS, plot_rate_distortion, rate_distortion_figure
 from ecqx.coding import decode_state_dict
 
 FACTORIES = {
@@ -54,7 +55,60 @@ def test_trained_model_decodes_identically_with_nncodec_and_ecqx(method, tmp_pat
     rows = list(csv.DictReader((tmp_path / "rd" / "rate_distortion.csv").open()))
     assert [int(r["epoch"]) for r in rows] == [0, 1, 2]
     assert float(rows[-1]["sparsity"]) == pytest.approx(quantizer.summary()["sparsity"])
+    # the final export (written after the last epoch's row) is the last row's real size and decoded accuracy
+    assert float(rows[-1]["nnc_bytes"]) == len(data)
+    assert float(rows[-1]["nnc_accuracy"]) == pytest.approx(float(metrics["nnc_val_acc"]))
+    assert [r["nnc_bytes"] for r in rows[:-1]] == ["nan", "nan"]
     assert (tmp_path / "rd" / "rate_distortion.png").stat().st_size > 1000
+
+
+def test_export_warns_when_nothing_was_quantized(tmp_path):
+    late = NNCExport(tmp_path / "late.nnc", evaluate=False)
+    trainer = tiny_trainer([ECQ(bits=4, lam=0.1, start_epoch=5), late], max_epochs=2, limit_train_batches=1)
+    with pytest.warns(UserWarning, match=r"late.nnc holds no quantized tensor: ECQ\(start_epoch=5\) never "
+                      r"started: the run ended after 2 epoch\(s\) of full-precision warm-up"):
+        trainer.fit(tiny_module(), synthetic_loader())
+    assert late.last_result.num_quantized == 0
+
+    plain = NNCExport(tmp_path / "plain.nnc", evaluate=False)
+    with pytest.warns(UserWarning, match=r"plain.nnc holds no quantized tensor: the trainer has no quantiz"):
+        tiny_trainer([plain], max_epochs=1, limit_train_batches=1).fit(tiny_module(), synthetic_loader())
+
+
+def test_plot_marks_the_nnc_file_and_the_full_precision_reference(tmp_path, monkeypatch):
+    import matplotlib
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("matplotlib.use() changes the backend of the user's whole process")
+
+    monkeypatch.setattr(matplotlib, "use", refuse)
+    path = tmp_path / "rd.csv"
+    rows = [
+        {"epoch": 0, "lam": 0.1, "accuracy": 0.90, "float32_bytes": 40960},  # warm-up: no size yet
+        {"epoch": 1, "lam": 0.1, "accuracy": 0.93, "estimated_bytes": 2048, "fp_accuracy": 0.90,
+         "float32_bytes": 40960},
+        {"epoch": 2, "lam": 0.1, "accuracy": 0.95, "estimated_bytes": 1900, "fp_accuracy": 0.90,
+         "float32_bytes": 40960, "nnc_bytes": 2304, "nnc_accuracy": 0.95},
+    ]  # fmt: skip
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS, restval="nan")
+        writer.writeheader()
+        writer.writerows(rows)
+    figure = rate_distortion_figure([path], labels=[""], title="run 7: ECQ 4 bit")
+    axes = figure.axes[0]
+    legend = [text.get_text() for text in axes.get_legend().get_texts()]
+    assert ".nnc file (decoded): 2.25 KiB, 95.00 %" in legend
+    estimate = next(line for line in axes.lines if line.get_label().startswith("quantized model"))
+    assert list(estimate.get_xdata()) == [2.0, 1900 / 1024]  # KiB; the warm-up row has no size
+    assert [t.get_text() for t in axes.texts if t.get_text() in ("1", "2")] == ["1", "2"]  # epoch labels
+    assert any(list(line.get_ydata()) == [90.0, 90.0] and line.get_linestyle() == "--" for line in axes.lines)
+    assert "full precision: 90.00 %" in [t.get_text() for t in axes.texts]
+    assert figure._suptitle.get_text() == "run 7: ECQ 4 bit"
+    assert axes.get_xlabel().startswith("size [KiB]")
+    top = axes.child_axes[0]  # the secondary axis: size as % of float32
+    assert "% of float32 (40.0 KiB" in top.get_xlabel()
+    assert top.get_xaxis().get_transform().transform([10.0])[0] == pytest.approx(4.0)  # 10 % = 4 KiB
+    assert plot_rate_distortion([path], tmp_path / "rd.png").stat().st_size > 10_000
 
 
 def test_a_decoded_model_that_differs_from_the_trained_one_raises(tmp_path):

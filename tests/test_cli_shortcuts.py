@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from pytorch_lightning import LightningDataModule
 
-from ecqx.callbacks import EC2T, ECQ, ECQx, NNCExport
+from ecqx.callbacks import EC2T, ECQ, ECQx, NNCExport, RateDistortion
 from ecqx.training import ClassificationModule
 from ecqx.training.cli import LIGHTNING_COMMANDS, TOOL_COMMANDS, EcqxCLI, main, with_default_config
 
@@ -40,12 +42,23 @@ def _one(callbacks: list, cls: type):
     return found[0]
 
 
-def test_shortcuts_change_the_default_recipe_callback():
+def test_shortcuts_change_the_default_recipe_callback(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     callbacks = _callbacks(["--bits", "3", "--lam", "0.4", "--start-epoch", "2", "--nnc", "out/m.nnc"])
     quantizer = _one(callbacks, ECQx)
     assert (quantizer.bits, quantizer.lam, quantizer.start_epoch) == (3, 0.4, 2)
     assert quantizer.relevance_every_n_steps == 10  # the recipe's other settings stay
-    assert str(_one(callbacks, NNCExport).path) == "out/m.nnc"
+    # an explicit --nnc path is the user's, relative to the current folder: not moved into the run folder
+    assert _one(callbacks, NNCExport).path == tmp_path / "out" / "m.nnc"
+
+
+def test_recipe_outputs_land_in_the_versioned_run_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "lightning_logs" / "digits_mlp_ecqx4" / "version_0").mkdir(parents=True)  # an earlier run
+    callbacks = _callbacks([])
+    version = Path("lightning_logs") / "digits_mlp_ecqx4" / "version_1"
+    assert _one(callbacks, NNCExport).path == version / "digits_mlp_ecqx4.nnc"
+    assert _one(callbacks, RateDistortion).csv_path == version / "rate_distortion.csv"
 
 
 def test_method_replaces_the_callback_with_its_defaults_keeping_the_schedule():

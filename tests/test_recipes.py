@@ -83,4 +83,4 @@ def test_recipe_runs_a_few_batches(recipe, shared_dir, tmp_path, monkeypatch, ca
     argv += ["--trainer.fast_dev_run", "true", "--trainer.enable_progress_bar", "false"]
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert "final metrics" in out and "val_acc" in out
+    assert "full-precision accuracy" in out and "decoded accuracy" in out and "metrics JSON" in out

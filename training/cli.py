@@ -13,18 +13,36 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
+import pickle
+import re
+import struct
 import sys
+import warnings
+import zipfile
 from collections.abc import Mapping, Sequence
 from importlib import resources
 
 import torch
 from pytorch_lightning import LightningDataModule
 from pytorch_lightning.cli import LightningCLI
-from pytorch_lightning.utilities import rank_zero_only
 
+from ecqx.coding.cli import HANDLERS as FILE_HANDLERS
+from ecqx.coding.cli import (
+    FileCommandError,
+    add_debug_option,
+    add_decode_command,
+    add_inspect_command,
+    add_workers_option,
+    check_input,
+    check_output,
+    check_workers,
+    default_output,
+    run_command,
+    write_output,
+)
 from ecqx.training.models import extract_state_dict
 from ecqx.training.module import ClassificationModule
+from ecqx.training.report import finish_fit, format_report, place_outputs_in_run_folder
 from ecqx.training.shortcuts import add_shortcut_arguments, apply_shortcuts
 
 __all__ = [
@@ -80,7 +98,11 @@ def default_config_path() -> str:
 
 
 class EcqxCLI(LightningCLI):
-    """LightningCLI with the ``fit``, ``validate`` and ``test`` subcommands; prints the metrics after fit."""
+    """LightningCLI with the ``fit``, ``validate`` and ``test`` subcommands.
+
+    Relative output paths of the recipe's ``NNCExport``/``RateDistortion`` go into the run's versioned log
+    folder; after fit it prints the run report (:mod:`ecqx.training.report`) and writes ``metrics.json``.
+    """
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
@@ -101,14 +123,12 @@ class EcqxCLI(LightningCLI):
         except ValueError as error:
             self.parser.error(str(error))
 
+    def after_instantiate_classes(self) -> None:
+        place_outputs_in_run_folder(self.trainer)
+
     def after_fit(self) -> None:
-        _print_summary(self.trainer.callback_metrics)
-
-
-@rank_zero_only
-def _print_summary(metrics: Mapping[str, torch.Tensor]) -> None:
-    if metrics:
-        print(format_metrics(metrics))
+        if self.trainer.is_global_zero:
+            print(format_report(finish_fit(self.trainer)))
 
 
 def format_metrics(metrics: Mapping[str, torch.Tensor | float]) -> str:
@@ -157,6 +177,18 @@ def with_default_config(argv: Sequence[str]) -> list[str]:
 
 # -- file commands ---------------------------------------------------------------------------------------
 
+STATE_DICT_EXPECTED = (
+    "a state_dict saved with torch.save (a dict of tensors, or a checkpoint dict holding one)"
+)
+# What torch.load(weights_only=True) raises on files that are not (intact) torch.save archives of tensors.
+_LOAD_ERRORS: tuple[type[BaseException], ...] = (
+    EOFError, pickle.UnpicklingError, KeyError, IndexError, TypeError, ValueError, RuntimeError,
+    OverflowError, struct.error, zipfile.BadZipFile,
+)
+_FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+# One stream signals every qp relative to one base with 6 + qp_density bits: its step sizes span < 2^64.
+_STEP_SPREAD = 2.0**64
+
 
 def build_tool_parser() -> argparse.ArgumentParser:
     """The argparse parser of ``compress``, ``inspect`` and ``decode``."""
@@ -171,7 +203,11 @@ def build_tool_parser() -> argparse.ArgumentParser:
         "tensors with the fine --nonweight-qp step, integer buffers losslessly.",
     )
     compress.add_argument("model", help="state_dict file (torch.save; a checkpoint dict works too)")
-    compress.add_argument("-o", "--output", help="output .nnc file (default: MODEL with suffix .nnc)")
+    compress.add_argument(
+        "-o", "--output",
+        help="output .nnc file (default: MODEL with suffix .nnc, or MODEL.compressed.nnc when that would be "
+        "MODEL itself); never the input file",
+    )
     compress.add_argument("--method", choices=("ecq", "ec2t"), default="ecq", help="quantizer (default: ecq)")
     compress.add_argument("--bits", type=int, default=4, help="ecq grid bit width (default: 4)")
     compress.add_argument("--lam", type=float, default=0.05, help="entropy constraint λ (default: 0.05)")
@@ -181,61 +217,38 @@ def build_tool_parser() -> argparse.ArgumentParser:
     compress.add_argument(
         "--nonweight-qp", type=int, default=-75, help="qp of the non-quantized float tensors (default: -75)"
     )
-    _add_workers_option(compress)
+    add_workers_option(compress)
+    add_debug_option(compress)
 
-    inspect = commands.add_parser("inspect", help="print the per-tensor table of an .nnc file")
-    inspect.add_argument("file", help=".nnc file")
-
-    decode = commands.add_parser("decode", help="decode an .nnc file into a state_dict file (torch.save)")
-    decode.add_argument("file", help=".nnc file")
-    decode.add_argument("-o", "--output", help="output file (default: FILE with suffix .pt)")
-    _add_workers_option(decode)
+    add_inspect_command(commands)
+    add_decode_command(commands)
     return parser
-
-
-def _add_workers_option(parser: argparse.ArgumentParser) -> None:
-    default = os.cpu_count() or 1
-    parser.add_argument("--workers", type=int, default=default,
-                        help=f"threads coding tensors in parallel; the bytes do not depend on it "
-                             f"(default: the CPU count, {default})")
 
 
 def run_tool(argv: Sequence[str]) -> int:
     """Run ``compress``/``inspect``/``decode``; returns the exit status (errors are reported on stderr)."""
     args = build_tool_parser().parse_args(list(argv))
-    handler = {"compress": _compress, "inspect": _inspect, "decode": _decode}[args.command]
-    try:
-        handler(args)
-    except _tool_errors() as error:
-        print(f"ecqx {args.command}: error: {error}", file=sys.stderr)
-        return 1
-    return 0
-
-
-def _tool_errors() -> tuple[type[BaseException], ...]:
-    errors: tuple[type[BaseException], ...] = (OSError, ValueError, TypeError, RuntimeError)
-    try:
-        from ecqx.coding import NativeBuildError
-    except ImportError:
-        return errors
-    return (*errors, NativeBuildError)
+    handler = _compress if args.command == "compress" else FILE_HANDLERS[args.command]
+    return run_command("ecqx", handler, args)
 
 
 def _compress(args: argparse.Namespace) -> None:
     import ecqx
-    from ecqx.coding import encode_state_dict
+    from ecqx.coding import float32_bytes
 
     if args.bits < 1:
-        raise ValueError(f"--bits must be a positive integer, got {args.bits}.")
+        raise FileCommandError(f"--bits must be a positive integer, got {args.bits}.")
     if args.lam < 0 or not math.isfinite(args.lam):
-        raise ValueError(f"--lam must be a finite number >= 0, got {args.lam}.")
+        raise FileCommandError(f"--lam must be a finite number >= 0, got {args.lam}.")
+    check_workers(args.workers)
+    output = args.output or default_output(args.model, ".nnc", "compressed")
+    check_output(output, args.model)
     state_dict = _load_state_dict(args.model)
+    _check_codable(state_dict, args.model)
     quantized = ecqx.quantize(state_dict, method=args.method, bits=args.bits, lam=args.lam, mode=args.mode)
-    data = encode_state_dict(state_dict, quantized=quantized, nonweight_qp=args.nonweight_qp,
-                             workers=args.workers)
-    output = args.output or _replace_suffix(args.model, ".nnc")
-    _write_bytes(output, data)
-    float_bytes = sum(4 * t.numel() for t in state_dict.values() if t.is_floating_point())
+    data = _encode(state_dict, quantized, args)
+    write_output(output, lambda handle: handle.write(data))
+    float_bytes = float32_bytes(state_dict)
     zeros, total = _zero_count(quantized)
     grid = "ternary" if args.method == "ec2t" else f"{args.bits} bit"
     print(
@@ -245,41 +258,110 @@ def _compress(args: argparse.Namespace) -> None:
     )
 
 
-def _inspect(args: argparse.Namespace) -> None:
-    from ecqx.coding import format_table, inspect_stream
-
-    print(format_table(inspect_stream(_read_bytes(args.file))))
-
-
-def _decode(args: argparse.Namespace) -> None:
-    from ecqx.coding import decode_state_dict
-
-    state_dict = decode_state_dict(_read_bytes(args.file), workers=args.workers)
-    output = args.output or _replace_suffix(args.file, ".pt")
-    torch.save(state_dict, output)
-    print(f"{output}: {len(state_dict)} tensors")
-
-
 def _load_state_dict(path: str) -> dict[str, torch.Tensor]:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no state_dict file at {path!r}")
-    return extract_state_dict(torch.load(path, map_location="cpu", weights_only=True), path)
+    """The state_dict in a torch.save file; a file that is not one gives a one-line error naming it."""
+    check_input(path, STATE_DICT_EXPECTED)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # e.g. about the pickle protocol of junk input
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as error:
+        raise FileCommandError(f"{path}: cannot read it ({error.strerror or error})") from error
+    except _LOAD_ERRORS as error:
+        if _is_nnc_stream(path):
+            raise FileCommandError(f"{path}: this is an NNC stream, not a state_dict; 'ecqx decode' turns it "
+                                   "into one") from error
+        raise FileCommandError(f"{path}: {_load_failure(error)}") from error
+    try:
+        return extract_state_dict(loaded, path)
+    except TypeError as error:
+        raise FileCommandError(str(error)) from error
 
 
-def _read_bytes(path: str) -> bytes:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no file at {path!r}")
-    with open(path, "rb") as handle:
-        return handle.read()
+def _is_nnc_stream(path: str) -> bool:
+    from ecqx.coding import inspect_stream
+
+    try:
+        with open(path, "rb") as handle:
+            inspect_stream(handle.read())  # headers only
+    except (OSError, ValueError):
+        return False
+    return True
 
 
-def _write_bytes(path: str, data: bytes) -> None:
-    with open(path, "wb") as handle:
-        handle.write(data)
+def _load_failure(error: BaseException) -> str:
+    """What a torch.load error says about the file, and what is expected instead."""
+    text = str(error)
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if found:
+        return (f"it stores Python objects ({found.group(1)}), e.g. a whole model saved with "
+                "torch.save(model); only tensors are loaded (weights_only=True), so save model.state_dict() "
+                "instead")
+    if isinstance(error, EOFError):
+        reason = "the data ends early (a truncated file)"
+    elif isinstance(error, RuntimeError) and "zip archive" in text:
+        reason = "a damaged or truncated torch.save archive"
+    else:
+        found = re.search(r"WeightsUnpickler error:\s*(.+)", text)
+        detail = found.group(1) if found else (text.strip().splitlines() or [""])[0]
+        detail = detail if len(detail) <= 100 else detail[:97] + "..."
+        reason = f"not a file torch.load can read ({type(error).__name__}{': ' + detail if detail else ''})"
+    return f"{reason}; expected {STATE_DICT_EXPECTED}"
 
 
-def _replace_suffix(path: str, suffix: str) -> str:
-    return os.path.splitext(path)[0] + suffix
+def _check_codable(state_dict: Mapping[str, torch.Tensor], path: str) -> None:
+    """Reject values no NNC stream can carry, naming the tensor (the codec's errors do not know the file)."""
+    for name, tensor in state_dict.items():
+        if tensor.numel() == 0:
+            raise FileCommandError(f"{path}: tensor {name!r} is empty (shape {tuple(tensor.shape)}); NNC "
+                                   "codes only tensors with at least one value")
+        if not tensor.is_floating_point():
+            continue
+        bad = int((~torch.isfinite(tensor)).sum())
+        if bad:
+            raise FileCommandError(f"{path}: tensor {name!r} holds {bad} NaN or infinite values; only finite "
+                                   "values can be coded")
+        peak = float(tensor.detach().abs().max())
+        if peak > _FLOAT32_MAX:
+            raise FileCommandError(f"{path}: tensor {name!r} holds values up to {peak:.4g} in magnitude; "
+                                   f"NNC codes float32, allowed |x| <= {_FLOAT32_MAX:.4g}")
+
+
+def _encode(state_dict: dict[str, torch.Tensor], quantized: Mapping[str, object],
+            args: argparse.Namespace) -> bytes:
+    from ecqx.coding import encode_state_dict
+
+    try:
+        return encode_state_dict(state_dict, quantized=quantized, nonweight_qp=args.nonweight_qp,
+                                 workers=args.workers)
+    except (ValueError, TypeError) as error:
+        reason = _step_spread(state_dict, quantized, args.nonweight_qp) or str(error)
+        raise FileCommandError(f"{args.model}: cannot be coded as one NNC stream: {reason}") from error
+
+
+def _step_spread(state_dict: Mapping[str, torch.Tensor], quantized: Mapping[str, object],
+                 nonweight_qp: int) -> str | None:
+    """Name the tensors whose step sizes are too far apart for one stream, or ``None`` if they are not."""
+    from ecqx.coding import quantize_tensor
+
+    steps: dict[str, float] = {}
+    for name, tensor in state_dict.items():
+        if name in quantized:
+            steps[name] = float(quantized[name].step)
+        elif tensor.is_floating_point():
+            # the step the coder will use: nonweight_qp, or coarser where the levels would overflow int32
+            steps[name] = quantize_tensor(tensor.detach().float().reshape(-1), nonweight_qp).step
+    if len(steps) < 2:
+        return None
+    fine, coarse = min(steps, key=steps.__getitem__), max(steps, key=steps.__getitem__)
+    if steps[coarse] < steps[fine] * _STEP_SPREAD / 2:
+        return None
+    peak = float(state_dict[coarse].detach().abs().max())
+    limit = steps[fine] * _STEP_SPREAD * 2.0**31  # levels reach 2^31 before the coder needs a coarser step
+    hint = "" if fine in quantized else " (a larger --nonweight-qp raises it)"
+    return (f"tensor {coarse!r} (values up to {peak:.3g}) needs the step {steps[coarse]:.3g} and tensor "
+            f"{fine!r} the step {steps[fine]:.3g}, but the steps of one stream must lie within a factor "
+            f"2^64; with these settings values must stay below about {limit:.2g} in magnitude{hint}")
 
 
 def _zero_count(quantized: Mapping[str, object]) -> tuple[int, int]:

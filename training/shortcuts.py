@@ -10,13 +10,17 @@ line. The shortcuts change the recipe's one quantization callback and its ``NNCE
 ``--bits B``, ``--lam L``, ``--start-epoch E``
     the callback's ``bits`` (ECQ/ECQx only: EC2T is ternary), ``lam`` and ``start_epoch``.
 ``--nnc PATH``
-    where ``NNCExport`` writes the ``.nnc`` file (an ``NNCExport`` is added when the recipe has none).
+    where ``NNCExport`` writes the ``.nnc`` file (an ``NNCExport`` is added when the recipe has none). The
+    path is taken relative to the current folder (made absolute here), so it is kept as typed, while a
+    relative path from the recipe lands in the run's versioned log folder
+    (:func:`ecqx.training.report.place_outputs_in_run_folder`).
 """
 
 from __future__ import annotations
 
 import importlib
 import inspect
+import os
 from typing import Any, Literal
 
 from jsonargparse import Namespace
@@ -44,7 +48,8 @@ def add_shortcut_arguments(parser: Any) -> None:
                        help="first quantized epoch; earlier epochs train in full precision "
                        "(default: the recipe's)")
     group.add_argument("--nnc", type=str | None, default=None,
-                       help="path of the .nnc file NNCExport writes (default: the recipe's)")
+                       help="path of the .nnc file NNCExport writes, relative to the current folder "
+                       "(default: the recipe's, inside the run's log folder)")
 
 
 def apply_shortcuts(config: Namespace) -> None:
@@ -66,7 +71,7 @@ def apply_shortcuts(config: Namespace) -> None:
                              "add --method ecq|ecqx|ec2t")
         _set_init_args(entry, bits=values["bits"], lam=values["lam"], start_epoch=values["start_epoch"])
     if values["nnc"] is not None:
-        _set_export_path(callbacks, values["nnc"])
+        _set_export_path(callbacks, os.path.abspath(values["nnc"]))
     config.trainer.callbacks = callbacks
 
 
