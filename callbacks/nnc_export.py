@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -122,6 +123,14 @@ class NNCExport(Callback):
                 f"`{type(pl_module).__name__}.{step_name}`, which is not implemented. "
                 "HINT: implement it, choose the other `stage`, or pass `evaluate=False`."
             )
+        if self.evaluate and not has_loader(trainer, pl_module, self.stage):
+            raise ValueError(
+                f"NNCExport(evaluate=True, stage={self.stage!r}) evaluates the decoded model on the "
+                f"{self.stage} loader, but neither the datamodule, nor `{type(pl_module).__name__}`, nor "
+                f"`trainer.fit(...)` provides one. HINT: provide a {self.stage} loader, or `evaluate=False`."
+            )
+        if trainer.is_global_zero:
+            check_output_path(self.path)
         coding.load_native()  # a missing compiler fails here, before training, not after it
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -190,6 +199,35 @@ class NNCExport(Callback):
                 "datamodule or the trainer. HINT: pass one to `trainer.fit`, or `evaluate=False`."
             )
         return evaluate_with_steps(decoded, loader, self.stage)
+
+
+def check_output_path(path: Path) -> None:
+    """Fails before training when ``path`` cannot be written at the end (a folder, or an unwritable place)."""
+    if path.is_dir():
+        raise ValueError(f"NNCExport: `path` {str(path)!r} is a directory; pass a file path such as "
+                         f"{str(path / 'model.nnc')!r}")
+    folder = path.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ValueError(f"NNCExport: cannot create the folder of `path` {str(path)!r}: {error}") from error
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"NNCExport: the folder {str(folder)!r} of `path` is not writable")
+
+
+def has_loader(trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> bool:
+    """Whether a ``stage`` loader will exist at the end of fit (datamodule, module or ``fit`` argument)."""
+    method = "test_dataloader" if stage == "test" else "val_dataloader"
+    datamodule = trainer.datamodule
+    if datamodule is not None and is_overridden(method, datamodule, parent=pl.LightningDataModule):
+        return True
+    if is_overridden(method, pl_module, parent=pl.LightningModule):
+        return True
+    if stage == "test":
+        return False
+    # loaders passed as `trainer.fit(..., val_dataloaders=...)` are only recorded in the fit loop
+    source = getattr(trainer.fit_loop.epoch_loop.val_loop, "_data_source", None)
+    return source is None or source.is_defined()
 
 
 def _quantized_descriptions(trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:

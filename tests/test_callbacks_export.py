@@ -139,3 +139,30 @@ def test_periodic_exports_are_written_per_epoch(tmp_path):
     assert params(module)["model.fc1.weight"].equal(
         decode_state_dict((tmp_path / "m.nnc").read_bytes())["model.fc1.weight"]
     )
+
+
+def test_export_path_problems_fail_before_training(tmp_path):
+    module = tiny_module()
+    with pytest.raises(ValueError, match=r"is a directory; pass a file path"):
+        tiny_trainer([NNCExport(tmp_path, evaluate=False)], max_epochs=1).fit(module, synthetic_loader())
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_bytes(b"")
+    with pytest.raises(ValueError, match=r"cannot create the folder of `path`"):
+        tiny_trainer([NNCExport(blocker / "m.nnc", evaluate=False)], max_epochs=1).fit(module,
+                                                                                        synthetic_loader())
+    assert module.trainer.global_step == 0  # nothing was trained
+
+
+def test_export_without_its_evaluation_loader_fails_before_training(tmp_path):
+    module = tiny_module()
+    export = NNCExport(tmp_path / "m.nnc")  # evaluate=True on the val loader, which fit does not get
+    with pytest.raises(ValueError, match=r"evaluates the decoded model on the val loader, but neither"):
+        tiny_trainer([export], max_epochs=1).fit(module, synthetic_loader())
+    assert module.trainer.global_step == 0
+    test_export = NNCExport(tmp_path / "m.nnc", stage="test")
+    with pytest.raises(ValueError, match=r"on the test loader"):
+        tiny_trainer([test_export], max_epochs=1).fit(module, synthetic_loader(), synthetic_loader())
+    evaluated = NNCExport(tmp_path / "m.nnc")  # a val loader given to fit is found
+    tiny_trainer([evaluated], max_epochs=1, limit_train_batches=1).fit(module, synthetic_loader(),
+                                                                         synthetic_loader())
+    assert "val_acc" in evaluated.last_result.metrics
