@@ -29,6 +29,8 @@ PAYLOAD_SLACK_BYTES = 8
 DEFAULT_MAX_ELEMENTS = 1 << 28
 # codebooks up to this size get every zero offset tried (one payload encode each), larger ones two guesses
 MAX_EXHAUSTIVE_CODEBOOK = 64
+# cabac_unary_length_minus1 tried (besides the stream's) for tensors that carry their raw values
+NONWEIGHT_UNARY_LENGTH_MINUS1 = 0
 
 
 @dataclass
@@ -76,6 +78,10 @@ class _Item:
     dq: bool = False
     codebook: list[int] | None = None
     decompressed_data_format: int | None = None
+    # float32 values of the tensor: NNR_PT_RAW_FLOAT items are written from them; a PT_FLOAT item that has
+    # them becomes the smallest of its coded units (two unary lengths) and, with raw_fallback, its raw unit
+    raw_values: torch.Tensor | None = None
+    raw_fallback: bool = True
 
 
 # ------------------------------------------------------------------------------------------------ inputs
@@ -259,6 +265,17 @@ def _encode_codebook_item(it: _Item, header: NduHeader, common: dict) -> tuple[b
     return best[1], best[2]
 
 
+def _raw_float_ndu(it: _Item, index: int, profile: int, cabac_unary_length_minus1: int) -> bytes:
+    """The tensor as an NNR_PT_RAW_FLOAT unit: its float32 values, little-endian, no CABAC (spec §2.8)."""
+    values = it.raw_values.detach().to("cpu", torch.float32).reshape(-1)
+    if values.numel() != math.prod(it.shape):
+        raise ValueError(f"tensor {it.name!r}: {values.numel()} raw values for the shape {it.shape}")
+    header = NduHeader(name=it.name, payload_type=PayloadType.NNR_PT_RAW_FLOAT, dims=it.shape,
+                       cabac_unary_length_minus1=cabac_unary_length_minus1, scan_order=0, parameter_id=index,
+                       decompressed_data_format=it.decompressed_data_format)
+    return hls.write_ndu(header, profile, values.numpy().astype("<f4", copy=False).tobytes())
+
+
 def _check_workers(workers: object) -> int:
     if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
         raise ValueError(f"workers must be an int >= 1 (tensors coded in parallel threads), got {workers!r}")
@@ -286,14 +303,13 @@ def _encode_items(items: list[_Item], *, profile: int, scan_order: int, row_skip
     if topology_unit:
         parts.append(hls.write_tpl(topology_data))
 
-    def encode_ndu(indexed: tuple[int, _Item]) -> bytes:
-        index, it = indexed
+    def coded_ndu(index: int, it: _Item, n1: int) -> bytes:
         so = _header_scan_order(it.shape, scan_order)
         is_float = it.payload_type == PayloadType.NNR_PT_FLOAT
         header = NduHeader(name=it.name, payload_type=it.payload_type, dims=it.shape, dq=it.dq,
-                           cabac_unary_length_minus1=cabac_unary_length_minus1, scan_order=so,
+                           cabac_unary_length_minus1=n1, scan_order=so,
                            parameter_id=index, decompressed_data_format=it.decompressed_data_format)
-        common = dict(scan_order=so, dq=it.dq, n1=cabac_unary_length_minus1, profile=profile,
+        common = dict(scan_order=so, dq=it.dq, n1=n1, profile=profile,
                       has_qp=is_float, qp_bits=6 + qp_density, row_skipping=bool(row_skipping),
                       param_opt=bool(param_opt), qp_delta=(it.qp - qp_base) if is_float else 0)
         if it.codebook is not None:
@@ -304,6 +320,20 @@ def _encode_items(items: list[_Item], *, profile: int, scan_order: int, row_skip
         if hls.num_entry_points(it.shape, so) != len(header.entry_points):
             raise AssertionError("entry point count mismatch")  # coder invariant, not user input
         return hls.write_ndu(header, profile, payload)
+
+    def encode_ndu(indexed: tuple[int, _Item]) -> bytes:
+        index, it = indexed
+        if it.raw_values is None:
+            return coded_ndu(index, it, cabac_unary_length_minus1)
+        if it.payload_type == PayloadType.NNR_PT_RAW_FLOAT:
+            return _raw_float_ndu(it, index, profile, cabac_unary_length_minus1)
+        # the smallest unit, the lossless raw one on ties: a fine uniform step gives large levels, which cost
+        # fewer bits with fewer greater-than flags before the Exp-Golomb remainder (spec §7.1)
+        units = [coded_ndu(index, it, n1) for n1 in dict.fromkeys((NONWEIGHT_UNARY_LENGTH_MINUS1,
+                                                                    cabac_unary_length_minus1))]
+        if it.raw_fallback:
+            units.insert(0, _raw_float_ndu(it, index, profile, cabac_unary_length_minus1))
+        return min(units, key=len)
 
     parts += _map_in_order(encode_ndu, list(enumerate(items)), workers)
     return b"".join(parts)
@@ -318,6 +348,10 @@ def encode(tensors: Mapping[str, object], *, profile: int = 1, scan_order: int =
     coded as NNR_PT_FLOAT, or integer torch tensors / numpy arrays coded losslessly as NNR_PT_INT. Tensors
     with different qp_density are converted exactly to the largest one. Deterministic: same input, same bytes
     (whatever `workers`, the number of threads coding tensors in parallel; e.g. ``os.cpu_count()``).
+
+    The defaults are those of NNCodec's tensor and nn APIs. ``row_skipping`` writes the row_skip_enabled_flag
+    and one flag per row of each ≥2-D tensor (a few bytes per tensor without zero rows); NNCodec's
+    ``nnc.compress`` defaults to ``row_skipping=False``, so pass ``row_skipping=False`` to get its bytes.
     """
     if not isinstance(tensors, Mapping):
         raise TypeError(f"tensors must be a mapping of names to tensors, got {type(tensors).__name__}")
@@ -330,12 +364,37 @@ def encode(tensors: Mapping[str, object], *, profile: int = 1, scan_order: int =
 
 
 # ------------------------------------------------------------------------------------------------ decode
-def _check_size(h: NduHeader, payload_len: int, max_elements: int) -> tuple[int, int]:
+# codebook indices become codebook values in slices of this many elements, so the temporary index and value
+# tensors stay small next to the output
+CODEBOOK_CHUNK = 1 << 20
+
+
+def _check_max_elements(max_elements: object) -> int:
+    if isinstance(max_elements, bool) or not isinstance(max_elements, (int, np.integer)) or max_elements < 1:
+        raise ValueError("max_elements must be an int >= 1 (the most tensor elements, summed over all "
+                         f"tensors, that a stream may declare), got {max_elements!r}")
+    return int(max_elements)
+
+
+def _check_budget(ndus: list[hls.ParsedNdu], max_elements: int) -> None:
+    """The whole stream's element count against the limit, from the headers, before anything is allocated."""
+    counts = [math.prod(ndu.header.dims) for ndu in ndus]
+    total = sum(counts)
+    if total <= max_elements:
+        return
+    largest = ndus[max(range(len(counts)), key=counts.__getitem__)].header
+    # dims of up to 32 Exp-Golomb values can multiply beyond any float
+    size = (f"about {4 * total / 2**30:.3g} GiB" if total < 2**64
+            else f"about 2^{total.bit_length() + 1} bytes")
+    raise BitstreamError(
+        f"bitstream declares {total} tensor elements in {len(ndus)} tensors (largest {largest.name!r} with "
+        f"dims {largest.dims}), more than the decoder limit max_elements={max_elements} ({size} as float32); "
+        "for a trusted stream raise it with max_elements=... (command line: --max-elements)")
+
+
+def _check_size(h: NduHeader, payload_len: int) -> tuple[int, int]:
     rows, width = _geometry(h.dims)
     count = rows * width
-    if count > max_elements:
-        raise BitstreamError(f"tensor {h.name!r}: {count} elements (dims {h.dims}) exceed the decoder limit "
-                             f"of {max_elements} (decode(..., max_elements=...) raises it)")
     budget = MAX_POSITIONS_PER_BYTE * (payload_len + PAYLOAD_SLACK_BYTES)
     row_skip_possible = width > 1 and count > width
     if (rows if row_skip_possible else count) > budget:
@@ -344,17 +403,87 @@ def _check_size(h: NduHeader, payload_len: int, max_elements: int) -> tuple[int,
     return rows, width
 
 
+def _check_raw_float_size(h: NduHeader, payload_len: int) -> None:
+    if payload_len != 4 * math.prod(h.dims):
+        raise BitstreamError(f"tensor {h.name!r}: raw float payload has {payload_len} bytes, "
+                             f"expected {4 * math.prod(h.dims)}")
+
+
+def _check_header_size(ndu: hls.ParsedNdu) -> None:
+    """The checks that need no payload decoding: dimensions a payload of this size can describe."""
+    if ndu.header.payload_type == PayloadType.NNR_PT_RAW_FLOAT:
+        _check_raw_float_size(ndu.header, len(ndu.payload))
+    else:
+        _check_size(ndu.header, len(ndu.payload))
+
+
 def _decode_raw_float(h: NduHeader, payload: bytes) -> torch.Tensor:
-    count = math.prod(h.dims)
-    if len(payload) != 4 * count:
-        raise BitstreamError(f"tensor {h.name!r}: raw float payload has {len(payload)} bytes, "
-                             f"expected {4 * count}")
+    _check_raw_float_size(h, len(payload))
     return torch.from_numpy(np.frombuffer(payload, dtype="<f4").astype(np.float32)).reshape(h.dims)
 
 
-def _decode_ndu(ndu: hls.ParsedNdu, profile: int, max_elements: int,
-                out: torch.Tensor | None = None) -> DecodedTensor:
-    """Decodes one NDU; integer levels go to `out` (int32, the tensor's size) when given."""
+def _peek_qp_delta(payload: bytes, qp_bits: int) -> int:
+    """The qp delta that opens a PT_FLOAT payload (qp_bits bypass bins, spec §3.2), without decoding the
+    tensor: the arithmetic decoder of spec §4.1 and §4.3; range stays 510 while only bypass bins are read."""
+    def byte(i: int) -> int:
+        return payload[i] if i < len(payload) else 0  # the arithmetic decoder reads zeros past the end
+
+    value, pos, bits_needed, scaled, raw = (byte(0) << 8) | byte(1), 2, -8, 510 << 7, 0
+    for _ in range(qp_bits):
+        value <<= 1
+        bits_needed += 1
+        if bits_needed >= 0:
+            value += byte(pos)
+            pos += 1
+            bits_needed = -8
+        bit = int(value >= scaled)
+        value -= scaled * bit
+        raw = (raw << 1) | bit
+    half = 1 << (qp_bits - 1)
+    return raw - 2 * half if raw >= half else raw
+
+
+def _checked_qp(h: NduHeader, qp: int, qp_density: int) -> int:
+    try:
+        step_size(qp, qp_density)
+    except ValueError as exc:
+        raise BitstreamError(f"tensor {h.name!r}: {exc}") from exc
+    return qp
+
+
+def _require_qp_density(ndu: hls.ParsedNdu) -> None:
+    if ndu.header.payload_type == PayloadType.NNR_PT_FLOAT and ndu.qp_density is None:
+        raise BitstreamError(f"tensor {ndu.header.name!r}: float tensor but the parameter set carries no "
+                             "qp_density (mps_quantization_method_flags lacks QSU/QCB)")
+
+
+def header_qp(ndu: hls.ParsedNdu) -> int | None:
+    """qp of a PT_FLOAT tensor from its header and the first bits of its payload (None for other types)."""
+    if ndu.header.payload_type != PayloadType.NNR_PT_FLOAT:
+        return None
+    _require_qp_density(ndu)
+    return _checked_qp(ndu.header, ndu.qp_base + _peek_qp_delta(ndu.payload, 6 + ndu.qp_density),
+                       ndu.qp_density)
+
+
+def _map_codebook(h: NduHeader, values: torch.Tensor) -> None:
+    """Coded codebook indices in `values` (int32) become the codebook's values, in place, slice by slice."""
+    table = torch.tensor(h.codebook, dtype=torch.int32)
+    flat = values.view(-1)
+    for start in range(0, flat.numel(), CODEBOOK_CHUNK):
+        chunk = flat[start:start + CODEBOOK_CHUNK]
+        # coded values are index - zero_offset; an int32 wrap-around can only make an index negative
+        chunk.add_(h.codebook_zero_offset)
+        lo, hi = torch.aminmax(chunk)
+        if int(lo) < 0 or int(hi) >= len(h.codebook):
+            raise BitstreamError(f"tensor {h.name!r}: coded codebook index outside the codebook "
+                                 f"of size {len(h.codebook)}")
+        chunk.copy_(table[chunk])
+
+
+def _decode_ndu(ndu: hls.ParsedNdu, profile: int, out: torch.Tensor | None = None) -> DecodedTensor:
+    """Decodes one NDU; integer levels (codebook values for codebook tensors) go to `out` (int32, the
+    tensor's size) when given."""
     h, payload = ndu.header, ndu.payload
     result = DecodedTensor(name=h.name, levels=None, qp=None, qp_density=None, dq=h.dq, codebook=None,
                            payload_type=h.payload_type, shape=h.dims, unit_bytes=ndu.unit_bytes,
@@ -363,10 +492,8 @@ def _decode_ndu(ndu: hls.ParsedNdu, profile: int, max_elements: int,
         result.raw_values = _decode_raw_float(h, payload)
         return result
     is_float = h.payload_type == PayloadType.NNR_PT_FLOAT
-    if is_float and ndu.qp_density is None:
-        raise BitstreamError(f"tensor {h.name!r}: float tensor but the parameter set carries no qp_density "
-                             "(mps_quantization_method_flags lacks QSU/QCB)")
-    rows, width = _check_size(h, len(payload), max_elements)
+    _require_qp_density(ndu)
+    rows, width = _check_size(h, len(payload))
     cb_size = len(h.codebook) if h.codebook is not None else 0
     if out is None:
         out = torch.empty(h.dims, dtype=torch.int32)
@@ -383,24 +510,28 @@ def _decode_ndu(ndu: hls.ParsedNdu, profile: int, max_elements: int,
     if eps and [tuple(e) for e in eps] != h.entry_points:
         raise BitstreamError(f"tensor {h.name!r}: cabac_entry_point_list does not match the payload")
     if is_float:
-        result.qp = ndu.qp_base + qp_delta
+        result.qp = _checked_qp(h, ndu.qp_base + qp_delta, ndu.qp_density)
         result.qp_density = ndu.qp_density
-        try:
-            step_size(result.qp, result.qp_density)
-        except ValueError as exc:
-            raise BitstreamError(f"tensor {h.name!r}: {exc}") from exc
     if h.codebook is not None:
-        coded = out.to(torch.int64) + h.codebook_zero_offset
-        if int(coded.min()) < 0 or int(coded.max()) >= cb_size:
-            raise BitstreamError(f"tensor {h.name!r}: coded codebook index outside the codebook "
-                                 f"of size {cb_size}")
+        _map_codebook(h, out)
         result.codebook = torch.tensor(h.codebook, dtype=torch.int32)
-        out = result.codebook[coded]
     result.levels = out
     return result
 
 
-def _checked_ndus(data: bytes) -> tuple[hls.ParsedStream, list[hls.ParsedNdu]]:
+def _check_allow_partial(allow_partial: object) -> bool:
+    if not isinstance(allow_partial, (bool, np.bool_)):
+        raise TypeError(f"allow_partial must be a bool, got {allow_partial!r}")
+    return bool(allow_partial)
+
+
+def _checked_stream(data: bytes, *, max_elements: object, allow_partial: object = False,
+                    check_budget: bool = True) -> tuple[hls.ParsedStream, hls.StateDictMetadata | None]:
+    """Parses every header and checks the stream as a whole before anything is decoded: unique names, the
+    state_dict metadata of the topology unit (all named tensors present unless allow_partial) and the total
+    element count against max_elements (when check_budget)."""
+    max_elements = _check_max_elements(max_elements)
+    allow_partial = _check_allow_partial(allow_partial)
     stream = hls.parse_stream(data)
     if not stream.ndus:
         raise BitstreamError("bitstream contains no compressed data units (no tensors; truncated?)")
@@ -409,39 +540,57 @@ def _checked_ndus(data: bytes) -> tuple[hls.ParsedStream, list[hls.ParsedNdu]]:
         if ndu.header.name in names:
             raise BitstreamError(f"tensor name {ndu.header.name!r} occurs twice in the bitstream")
         names.add(ndu.header.name)
-    return stream, stream.ndus
+    meta = hls.read_state_dict_metadata(stream.topology_data)
+    if meta is not None:
+        hls.check_state_dict_metadata(meta, stream.ndus, allow_partial)
+    if check_budget:
+        _check_budget(stream.ndus, max_elements)
+    return stream, meta
 
 
-def _decode_values(ndu: hls.ParsedNdu, profile: int, max_elements: int) -> torch.Tensor:
+def _decode_values(ndu: hls.ParsedNdu, profile: int) -> torch.Tensor:
     h = ndu.header
-    if h.payload_type != PayloadType.NNR_PT_FLOAT or h.codebook is not None:
-        return _decode_ndu(ndu, profile, max_elements).dequantize()
-    # uniform float tensor: levels are decoded into the result's own memory and scaled there (one buffer)
-    _check_size(h, len(ndu.payload), max_elements)  # before allocating anything a header asks for
+    if h.payload_type != PayloadType.NNR_PT_FLOAT:
+        return _decode_ndu(ndu, profile).dequantize()
+    # levels (codebook values for codebook tensors) are decoded into the result's own memory and scaled there
+    _require_qp_density(ndu)
+    _check_size(h, len(ndu.payload))  # before allocating anything a header asks for
     values = torch.empty(h.dims, dtype=torch.float32)
-    decoded = _decode_ndu(ndu, profile, max_elements, out=values.view(torch.int32))
+    decoded = _decode_ndu(ndu, profile, out=values.view(torch.int32))
     load_native().levels_to_float(decoded.levels, values, decoded.step)
     return values
 
 
-def decode_levels(data: bytes, *, max_elements: int = DEFAULT_MAX_ELEMENTS,
-                  workers: int = 1) -> dict[str, DecodedTensor]:
-    """Decodes a bitstream to integer levels and parameters (one DecodedTensor per NDU, stream order);
-    `workers` threads decode tensors in parallel."""
+def _decode_stream(stream: hls.ParsedStream, workers: int) -> dict[str, torch.Tensor]:
+    ndus = stream.ndus
+    values = _map_in_order(lambda ndu: _decode_values(ndu, stream.profile), ndus, workers)
+    return {ndu.header.name: v for ndu, v in zip(ndus, values, strict=True)}
+
+
+def decode_levels(data: bytes, *, max_elements: int = DEFAULT_MAX_ELEMENTS, workers: int = 1,
+                  allow_partial: bool = False) -> dict[str, DecodedTensor]:
+    """Decodes a bitstream to integer levels and parameters (one DecodedTensor per NDU, stream order).
+
+    max_elements bounds the total element count of all tensors (checked from the headers before anything is
+    allocated); `workers` threads decode tensors in parallel. A stream whose topology unit names tensors that
+    it lacks (e.g. cut at a unit boundary) raises BitstreamError unless allow_partial=True.
+    """
     workers = _check_workers(workers)
-    stream, ndus = _checked_ndus(data)
-    decoded = _map_in_order(lambda ndu: _decode_ndu(ndu, stream.profile, max_elements), ndus, workers)
+    stream, _ = _checked_stream(data, max_elements=max_elements, allow_partial=allow_partial)
+    ndus = stream.ndus
+    decoded = _map_in_order(lambda ndu: _decode_ndu(ndu, stream.profile), ndus, workers)
     return {ndu.header.name: t for ndu, t in zip(ndus, decoded, strict=True)}
 
 
-def decode(data: bytes, *, max_elements: int = DEFAULT_MAX_ELEMENTS,
-           workers: int = 1) -> dict[str, torch.Tensor]:
+def decode(data: bytes, *, max_elements: int = DEFAULT_MAX_ELEMENTS, workers: int = 1,
+           allow_partial: bool = False) -> dict[str, torch.Tensor]:
     """Decodes a bitstream to {name: tensor}: float32 for PT_FLOAT (levels · Δ in float32), int32 for PT_INT.
 
-    max_elements caps the size of any one tensor (protects against hostile headers); `workers` threads
-    decode tensors in parallel.
+    max_elements bounds the total element count of all tensors (hostile headers are rejected before any
+    allocation; peak memory stays close to the size of the result); `workers` threads decode tensors in
+    parallel. A stream whose topology unit names tensors that it lacks raises BitstreamError unless
+    allow_partial=True.
     """
     workers = _check_workers(workers)
-    stream, ndus = _checked_ndus(data)
-    values = _map_in_order(lambda ndu: _decode_values(ndu, stream.profile, max_elements), ndus, workers)
-    return {ndu.header.name: v for ndu, v in zip(ndus, values, strict=True)}
+    stream, _ = _checked_stream(data, max_elements=max_elements, allow_partial=allow_partial)
+    return _decode_stream(stream, workers)

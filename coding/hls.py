@@ -407,9 +407,11 @@ def parse_stream(data: bytes) -> ParsedStream:
 
 # ------------------------------------------------------------------------------------------------ metadata
 # encode_state_dict writes this JSON object into topology_data (NNCodec ignores the text):
-# {"ecqx-state-dict": {"dtype": {name: dtype}, "scalar": [names of 0-d tensors], "names": [every entry],
-#  "empty": [{"name", "index", "shape", "dtype"} of entries with a zero dimension, which have no NDU]}}.
-# "names" (state_dict order) and "empty" are absent in streams of earlier versions.
+# {"ecqx-state-dict": {"dtype": {name: dtype}, "scalar": [names of 0-d tensors], "count": number of NDUs,
+#  "last": name of the last NDU, "empty": [{"name", "index", "shape", "dtype"} of entries with a zero
+#  dimension, which have no NDU]}}. "count", "last" and "empty" are absent in streams of earlier versions; a
+# "names" list of every entry in state_dict order is read as well (it repeats the NDU names, so the writer
+# records only the count).
 STATE_DICT_METADATA_KEY = "ecqx-state-dict"
 FLOAT_DTYPE_NAMES = frozenset({"float32", "float64", "float16", "bfloat16"})
 INT_DTYPE_NAMES = frozenset({"int32", "int64", "int16", "int8", "uint8", "bool"})
@@ -437,8 +439,10 @@ class StateDictMetadata:
 
     dtype: dict[str, str]
     scalar: list[str]
-    names: list[str] | None  # every entry of the state_dict, in order; None in older streams
+    names: list[str] | None  # every entry of the state_dict, in order, where the stream lists them
     empty: list[EmptyEntry] = field(default_factory=list)
+    count: int | None = None  # number of NDUs the stream was written with
+    last: str | None = None  # name of its last NDU
 
     def declared(self) -> list[str]:
         """Tensors the stream must carry as NDUs: the names list, or in older streams every name the
@@ -528,6 +532,13 @@ def read_state_dict_metadata(text: str | None) -> StateDictMetadata | None:
                                   f"(known: {', '.join(sorted(FLOAT_DTYPE_NAMES | INT_DTYPE_NAMES))})")
     scalar = _string_list(meta.get("scalar", []), "scalar")
     empty = _empty_entries(meta.get("empty", []))
+    count, last = meta.get("count"), meta.get("last")
+    if count is not None and (not _is_count(count, 2**31 - 1) or count == 0):
+        raise _metadata_error("count", f"must be the number of tensors coded (an int >= 1), "
+                              f"got {count!r:.100}")
+    if last is not None and (not isinstance(last, str) or count is None):
+        raise _metadata_error("last", f"must be the name of the last tensor, given with 'count', "
+                              f"got {last!r:.100}")
     if names is not None:
         listed = set(names)
         named = (("dtype", list(dtype)), ("scalar", scalar), ("empty", [e.name for e in empty]))
@@ -536,7 +547,8 @@ def read_state_dict_metadata(text: str | None) -> StateDictMetadata | None:
             if unknown:
                 raise _metadata_error(field_name, f"names tensors that are not in its 'names' list: "
                                       f"{_preview(unknown)}")
-    return StateDictMetadata(dtype=dict(dtype), scalar=list(scalar), names=names, empty=empty)
+    return StateDictMetadata(dtype=dict(dtype), scalar=list(scalar), names=names, empty=empty, count=count,
+                             last=last)
 
 
 def check_state_dict_metadata(meta: StateDictMetadata, ndus: list[ParsedNdu], allow_partial: bool) -> None:
@@ -552,6 +564,8 @@ def check_state_dict_metadata(meta: StateDictMetadata, ndus: list[ParsedNdu], al
         extra = [name for name in present if name not in listed]
         if extra:
             raise _metadata_error("names", f"does not list the tensors {_preview(extra)} of the stream")
+    if meta.count is not None:
+        _check_count(meta, ndus, allow_partial)
     declared = meta.declared()
     missing = [name for name in declared if name not in present]
     if missing and not allow_partial:
@@ -572,3 +586,18 @@ def check_state_dict_metadata(meta: StateDictMetadata, ndus: list[ParsedNdu], al
         if header is not None and math.prod(header.dims) != 1:
             raise _metadata_error("scalar", f"marks tensor {name!r} as 0-d, but the stream codes it with "
                                   f"dims {header.dims} ({math.prod(header.dims)} elements)")
+
+
+def _check_count(meta: StateDictMetadata, ndus: list[ParsedNdu], allow_partial: bool) -> None:
+    if len(ndus) > meta.count:
+        raise _metadata_error("count", f"declares {meta.count} tensors but the stream codes {len(ndus)}")
+    if len(ndus) < meta.count:
+        if allow_partial:
+            return
+        raise BitstreamError(f"incomplete bitstream: {meta.count - len(ndus)} of the {meta.count} tensors "
+                             f"its topology unit declares are missing (the stream ends after "
+                             f"{ndus[-1].header.name!r}; its last tensor is {meta.last!r}; truncated stream? "
+                             "decode(..., allow_partial=True) returns the tensors present)")
+    if meta.last is not None and ndus[-1].header.name != meta.last:
+        raise _metadata_error("last", f"names {meta.last!r}, but the stream's last tensor is "
+                              f"{ndus[-1].header.name!r}")

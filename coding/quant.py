@@ -28,6 +28,33 @@ def _check_qp_density(qp_density: int) -> int:
     return int(qp_density)
 
 
+def relative_qp(max_abs: float, bits: int, qp_density: int = 2) -> int | None:
+    """Largest qp whose step Δ(qp, qp_density) is at most ``max_abs · 2^-bits``.
+
+    Rounding with that step keeps every value within ``max_abs · 2^-(bits+1)`` of the original, a relative
+    precision of ``bits`` bits with respect to the tensor's own scale. None when ``max_abs`` is 0 (any step
+    codes an all-zero tensor) or when no float32 step is that small.
+    """
+    qp_density = _check_qp_density(qp_density)
+    if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or not 0 <= bits <= 30:
+        raise ValueError(f"bits must be an int in 0..30, got {bits!r}")
+    if not isinstance(max_abs, (int, float, np.floating)) or not math.isfinite(max_abs) or max_abs < 0:
+        raise ValueError(f"max_abs must be a finite number >= 0, got {max_abs!r}")
+    target = math.ldexp(float(max_abs), -int(bits))
+    if target < FLOAT32_TINY:
+        return None
+    k = 1 << qp_density
+    guess = math.floor(math.log2(target) * k)
+    for qp in range(guess + 2, guess - 2 * k - 1, -1):  # steps grow with qp; the answer is in this range
+        try:
+            if _step_size(qp, qp_density) <= target:
+                return qp
+        except ValueError:
+            if qp <= guess:
+                return None  # below the smallest float32 step
+    return None
+
+
 def _check_qp(qp: int) -> int:
     if isinstance(qp, bool) or not isinstance(qp, (int, np.integer)):
         raise TypeError(f"qp must be an int, got {qp!r}")
@@ -139,7 +166,8 @@ def quantize_tensor(x: torch.Tensor, qp: int, qp_density: int = 2, dq: bool = Fa
         raise ValueError("x contains NaN or infinite values")
     lo, hi = TCQ_LIMIT if dq else URQ_LIMIT
     peak = _scaled(w, qp, qp_density).abs().max().item()
-    if math.floor(peak + 0.5) > min(-lo, hi):
+    # an infinite peak (w / Δ beyond the float32 range) overflows int32 as well: fall back like NNCodec
+    if not math.isfinite(peak) or math.floor(peak + 0.5) > min(-lo, hi):
         qp = _fallback_qp(float(w.abs().max()), qp_density)
     if not dq:
         scaled = _scaled(w, qp, qp_density)

@@ -37,6 +37,11 @@ BETA_EVALUATIONS = 51
 RELEVANCE_EPS = 1e-12
 #: segments with at least this many clusters use the lower-envelope search instead of a dense argmin
 ENVELOPE_MIN_CLUSTERS = 33
+#: largest entropy penalty λ·I_c kept (float32 costs): adding the distortion and ECQx's zero-cost factor
+#: 2·r^β ≤ 2 must not overflow, else every cost is inf and the tie rule picks the lowest cluster
+PENALTY_LIMIT = float(torch.finfo(torch.float32).max) / 8
+# as a 0-d tensor (usable with tensors on any device), so that limit / top is one division
+_PENALTY_LIMIT_TENSOR = torch.tensor(PENALTY_LIMIT, dtype=torch.float64)
 EMPTY_CLUSTER_RULES = ("forbid", "count_one")
 
 
@@ -220,6 +225,19 @@ def _beta_search(s: _CostSummary, r: torch.Tensor, zero_index: int, s_ecq: float
     return _argmin_with_zero_cost(s, _zero_cost_with_relevance(s, log_r, beta), zero_index), beta
 
 
+def capped_lambda(lam: torch.Tensor, info: torch.Tensor) -> torch.Tensor:
+    """λ per row of ``info`` (information contents, last dimension = clusters), lowered where a finite
+    penalty λ·I_c would exceed :data:`PENALTY_LIMIT` to the λ that puts the largest one at the limit.
+
+    The order of the penalties is kept, so a Λ too large for float32 acts as the largest one that fits:
+    the zero cluster (the smallest information content) wins wherever the other penalties dominate.
+    """
+    # infinite information contents (empty clusters) never receive a finite penalty; a top of 0 gives an
+    # infinite bound, which leaves λ as it is
+    top = torch.nan_to_num(info, posinf=0.0).amax(dim=-1)
+    return torch.minimum(lam, torch.div(_PENALTY_LIMIT_TENSOR, top))
+
+
 def _entropy_penalty(w: torch.Tensor, centroids: torch.Tensor, zero_index: int, lam: float, decay: float,
                      pmf_mode: str, lambda_rule: str, empty_clusters: str, chunk_size: int):
     nearest = nearest_indices(w, centroids, chunk_size)
@@ -230,7 +248,7 @@ def _entropy_penalty(w: torch.Tensor, centroids: torch.Tensor, zero_index: int, 
     info = information_content(cluster_pmf(counts, zero_index, pmf_mode))
     lam_max = lambda_max(w.min().item(), w.max().item(), centroids.double().cpu(), used.cpu(), info.cpu(),
                          zero_index, lambda_rule)
-    lam_layer = lam * decay * lam_max
+    lam_layer = capped_lambda(torch.tensor(lam * decay * lam_max, dtype=torch.float64), info.cpu()).item()
     penalty = torch.zeros_like(info) if lam_layer == 0 else lam_layer * info
     return penalty.to(device=w.device, dtype=torch.float32), lam_layer, lam_max
 

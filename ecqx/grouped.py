@@ -29,6 +29,7 @@ from ecqx.assign import (
     _argmin_with_zero_cost,
     _CostSummary,
     _zero_cost_with_relevance,
+    capped_lambda,
     ec_assign,
 )
 from ecqx.entropy import LAMBDA_RULES, PMF_MODES, ZERO_FLOOR
@@ -200,7 +201,7 @@ def entropy_penalty(
         counts = counts.clamp(min=1)
     info = -torch.log2(cluster_pmf_rows(counts, zero_index, pmf_mode))
     lam_max = lambda_max_rows(layout.amin(w), layout.amax(w), centroids, used, info, zero_index, lambda_rule)
-    lam = lam_decay * lam_max
+    lam = capped_lambda(lam_decay * lam_max, info)
     lam_column = lam[:, None]
     penalty = torch.where(lam_column == 0, 0.0, lam_column * info).to(torch.float32)
     return penalty, lam

@@ -113,7 +113,7 @@ def _readers():
             "inspect_stream": inspect_stream}
 
 
-def test_stream_cut_at_a_tensor_boundary_names_the_missing_tensors():
+def test_stream_cut_at_a_tensor_boundary_is_incomplete():
     from ecqx.coding import decode, inspect_stream
 
     sd, data = _model_stream()
@@ -127,7 +127,7 @@ def test_stream_cut_at_a_tensor_boundary_names_the_missing_tensors():
                 read(data[:cut])
             message = str(info.value)
             assert f"{len(missing)} of the 4 tensors" in message, reader_name
-            assert all(repr(name) in message for name in missing), (reader_name, message)
+            assert f"ends after {names[kept - 1]!r}; its last tensor is {names[-1]!r}" in message, message
         # asked for explicitly, the tensors present come back
         assert list(decode(data[:cut], allow_partial=True)) == names[:kept]
         assert list(decode_levels(data[:cut], allow_partial=True)) == names[:kept]
@@ -254,3 +254,32 @@ def test_astronomical_dimensions_are_a_bitstream_error():
     (row,) = inspect_stream(skipped)
     assert row["shape"] == (4,) + (2**39,) * 31 and row["bits_per_value"] == 0.0
     assert f"{4 * 2**(39 * 31)} values" in format_table([row])
+
+
+def test_metadata_count_and_last_must_agree_with_the_stream():
+    import json
+
+    from ecqx.coding import decode_state_dict
+
+    sd, data = _model_stream()
+    names = list(sd)
+    for forged, pattern in (
+        ({"count": 3, "last": names[-1]}, "'count'.*declares 3 tensors but the stream codes 4"),
+        ({"count": 4, "last": "other"}, "'last'.*names 'other'"),
+        ({"count": 0}, "'count'.*int >= 1"),
+        ({"last": names[-1]}, "'last'.*given with 'count'"),
+    ):
+        stream = _with_topology(data, json.dumps({"ecqx-state-dict": forged}))
+        with pytest.raises(BitstreamError, match=pattern):
+            decode_state_dict(stream)
+
+
+def test_metadata_holds_a_count_not_a_second_list_of_names():
+    import json
+
+    from ecqx.coding import hls
+
+    sd, data = _model_stream()
+    text = hls.parse_stream(data).topology_data
+    meta = json.loads(text)["ecqx-state-dict"]
+    assert meta["count"] == 4 and meta["last"] == list(sd)[-1] and "names" not in meta

@@ -29,7 +29,7 @@ def test_state_dict_round_trip_loads_strictly():
     model = _model()
     sd = model.state_dict()
     q = {name: quantize_tensor(t, -28) for name, t in sd.items() if name.endswith("weight") and t.dim() > 1}
-    data = encode_state_dict(sd, quantized=q)
+    data = encode_state_dict(sd, quantized=q, nonweight_qp=-75)
     out = decode_state_dict(data)
     assert list(out) == list(sd)
     fresh = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(), nn.Linear(128, 10))
@@ -44,14 +44,14 @@ def test_state_dict_round_trip_loads_strictly():
             assert torch.equal(out[name], t)
     assert int(out["1.num_batches_tracked"]) == 123 and out["1.num_batches_tracked"].dim() == 0
     # parallel coding of the tensors changes nothing
-    assert encode_state_dict(sd, quantized=q, workers=3) == data
+    assert encode_state_dict(sd, quantized=q, nonweight_qp=-75, workers=3) == data
     parallel = decode_state_dict(data, workers=3)
     for name in sd:
         assert torch.equal(parallel[name], out[name]) and parallel[name].dtype == out[name].dtype
 
 
 def test_nonweight_qp_used_for_unquantized_floats():
-    sd = {"b": torch.tensor([0.1, -0.2, 0.3])}
+    sd = {"b": torch.linspace(-0.3, 0.3, 64)}  # large enough that the coded unit beats raw float32
     d = decode_levels(encode_state_dict(sd, nonweight_qp=-40))
     assert d["b"].qp == -40
 
@@ -89,3 +89,65 @@ def test_state_dict_errors():
         encode_state_dict({"a": torch.ones(2)}, topology_unit=False)
     with pytest.raises(ValueError, match="non-empty"):
         encode_state_dict({})
+
+
+def test_names_order_and_empty_entries_are_restored():
+    from ecqx.coding import hls
+
+    sd = {"b": torch.tensor([1, 2], dtype=torch.int64), "e": torch.zeros(0, 3, dtype=torch.float16),
+          "a": torch.tensor(1.5), "z": torch.zeros(2, 0, dtype=torch.int8)}
+    data = encode_state_dict(sd)
+    meta = hls.read_state_dict_metadata(hls.parse_stream(data).topology_data)
+    assert (meta.count, meta.last) == (2, "a") and [e.name for e in meta.empty] == ["e", "z"]
+    out = decode_state_dict(data)
+    assert list(out) == list(sd)
+    for name, t in sd.items():
+        assert out[name].dtype == t.dtype and out[name].shape == t.shape and torch.equal(out[name], t), name
+
+
+def test_decode_state_dict_reads_paths_and_bytes_like(tmp_path):
+    import pathlib
+
+    sd = {"w": torch.tensor([0.5, -0.25]), "n": torch.tensor(3)}
+    data = encode_state_dict(sd)
+    path = tmp_path / "m.nnc"
+    path.write_bytes(data)
+    for source in (data, bytearray(data), memoryview(data), str(path), path, pathlib.PurePath(path)):
+        out = decode_state_dict(source)
+        assert list(out) == ["w", "n"] and torch.equal(out["w"], sd["w"]) and out["n"].dtype == torch.int64
+    with pytest.raises(FileNotFoundError):
+        decode_state_dict(str(tmp_path / "missing.nnc"))
+    with pytest.raises(TypeError, match="bytes or a file path"):
+        decode_state_dict(12)
+
+
+def test_load_nnc_loads_strictly_into_a_module(tmp_path):
+    from ecqx.coding import load_nnc
+
+    model = _model()
+    path = tmp_path / "m.nnc"
+    path.write_bytes(encode_state_dict(model.state_dict()))
+    fresh = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(), nn.Linear(128, 10))
+    assert load_nnc(fresh, path) is fresh
+    for name, t in decode_state_dict(path).items():
+        assert torch.equal(fresh.state_dict()[name], t), name
+    assert int(fresh[1].num_batches_tracked) == 123
+    with pytest.raises(RuntimeError, match="Missing key"):
+        load_nnc(nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.Linear(128, 10), nn.Linear(2, 2)),
+                 path.read_bytes())
+    partial = nn.Sequential(nn.Conv2d(3, 8, 3))
+    with pytest.raises(RuntimeError, match="Unexpected key"):
+        load_nnc(partial, path)
+    load_nnc(partial, path.read_bytes(), strict=False)
+    assert torch.equal(partial[0].bias, decode_state_dict(path)["0.bias"])
+    with pytest.raises(TypeError, match="torch.nn.Module"):
+        load_nnc({}, path)
+
+
+def test_dtype_names_agree_between_writer_and_reader():
+    from ecqx.coding import hls, model
+
+    assert set(model._FLOAT_DTYPES) == hls.FLOAT_DTYPE_NAMES
+    assert set(model._INT_DTYPES) == hls.INT_DTYPE_NAMES
+    assert all(t.is_floating_point for t in model._FLOAT_DTYPES.values())
+    assert not any(t.is_floating_point for t in model._INT_DTYPES.values())

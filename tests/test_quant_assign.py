@@ -1,11 +1,26 @@
 """ECQ assignment behaviour: λ = 0 is nearest level, large Λ prunes, monotone, exact values, chunking."""
 
+import math
+import sys
+
 import numpy as np
 import pytest
 import torch
 
-from ecqx.assign import assign, ec_assign, levels_of, nearest_indices, values_of
+import ecqx
+import ecqx.grouped
+from ecqx.assign import (
+    PENALTY_LIMIT,
+    assign,
+    capped_lambda,
+    ec_assign,
+    levels_of,
+    nearest_indices,
+    values_of,
+)
+from ecqx.ec2t import ec2t_assign
 from ecqx.grid import Grid, uniform_grid
+from ecqx.layout import FlatLayout
 from ecqx.quantized import export_levels
 
 
@@ -173,3 +188,71 @@ def test_envelope_path_forced_on_narrow_grids(monkeypatch, bits):
             result = assign(w, grid, lam, 0.8, mode)
             expected = _dense_reference(w, grid.values(), grid.zero_index, result.lam, mode)
             assert torch.equal(result.indices, expected)
+
+
+# ---------------------------------------------------------------------------------- very large Λ
+HUGE_LAMBDAS = (1e30, 1e40, 1e42, 1e60, 1e300, sys.float_info.max)
+
+
+@pytest.mark.parametrize("mode", ["clean", "faithful"])
+@pytest.mark.parametrize("lam", HUGE_LAMBDAS)
+def test_very_large_lambda_sets_every_weight_to_zero(weights, mode, lam):
+    """λ·I_c beyond float32 used to make every cost inf, and the tie rule then picked the lowest level."""
+    grid = uniform_grid(weights, 4, mode)
+    result = assign(weights, grid, lam, 0.7, mode)
+    assert bool((levels_of(result, grid) == 0).all())
+    assert result.zero_fraction == 1.0 and math.isfinite(result.lam) and result.lam > 0
+
+
+@pytest.mark.parametrize("lam", HUGE_LAMBDAS)
+def test_very_large_gamma_makes_ec2t_all_zero(weights, lam):
+    values = torch.tensor([-0.05, 0.0, 0.04])
+    result = ec2t_assign(weights, values, lam)
+    assert bool((result.indices == 1).all())
+
+
+def test_very_large_lambda_with_relevance_keeps_the_ecq_zeros_within_p(weights):
+    grid = uniform_grid(weights, 4)
+    relevance = torch.rand(weights.shape, generator=torch.Generator().manual_seed(3))
+    result = assign(weights, grid, 1e42, relevance=relevance, p=0.1)
+    assert result.zero_fraction_ecq == 1.0 and 0.9 <= result.zero_fraction <= 1.0
+
+
+@pytest.mark.parametrize("lam", [1e40, 1e42, 1e300])
+def test_oneshot_quantize_with_very_large_lambda_gives_zero_levels(lam):
+    generator = torch.Generator().manual_seed(5)
+    state = {"conv.weight": torch.randn(8, 4, 3, 3, generator=generator) * 0.2,
+             "mid.weight": torch.randn(16, 8, 3, 3, generator=generator) * 0.1,
+             "fc.weight": torch.randn(10, 32, generator=generator),
+             "fc.bias": torch.randn(10, generator=generator)}
+    for method in ("ecq", "ec2t"):
+        quantized = ecqx.quantize(state, method=method, lam=lam)
+        assert quantized and all(not bool(q.levels.any()) for q in quantized.values())
+
+
+@pytest.mark.parametrize("path", ["grouped", "per_tensor"])
+def test_group_assignment_with_very_large_lambda_is_all_zero(monkeypatch, weights, path):
+    monkeypatch.setattr(ecqx.grouped, "PATH", path)
+    tensors = [weights, weights[:17, :5] * 3.0]
+    grids = [uniform_grid(t, 4) for t in tensors]
+    layout = FlatLayout([t.shape for t in tensors])
+    centroids = torch.stack([g.values() for g in grids])
+    zero_index = torch.tensor([g.zero_index for g in grids])
+    for lam in (1e42, sys.float_info.max):
+        result = ecqx.grouped.group_assign(layout.flatten(tensors), layout, centroids, zero_index,
+                                           torch.tensor([lam, lam], dtype=torch.float64))
+        for view, zero in zip(layout.views(result.indices), zero_index.tolist(), strict=True):
+            assert bool((view == zero).all())
+        assert bool(torch.isfinite(result.lam).all())
+
+
+def test_capped_lambda_changes_only_overflowing_penalties():
+    info = torch.tensor([[1.5, 1.0, math.inf, 3.0], [2.0, 1.0, 4.0, math.inf], [0.0, math.inf, 0.0, 0.0]],
+                        dtype=torch.float64)
+    lam = torch.tensor([0.123456789, 1e40, math.inf], dtype=torch.float64)
+    capped = capped_lambda(lam, info)
+    assert capped[0].item() == lam[0].item()  # below the limit: exactly the same λ
+    assert capped[1].item() * 4.0 == pytest.approx(PENALTY_LIMIT)
+    assert capped[2].item() == math.inf  # no finite positive information: λ does not matter
+    penalty = (capped[:2, None] * info[:2]).to(torch.float32)
+    assert bool(torch.isfinite(penalty[torch.isfinite(info[:2])]).all())
