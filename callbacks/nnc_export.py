@@ -73,8 +73,9 @@ class NNCExport(Callback):
         evaluate: evaluate the decoded copy with the module's own step (needs a val/test loader).
         stage: ``"val"`` (``validation_step`` on the validation loader) or ``"test"``.
         on_checkpoint: also export (without evaluation) whenever Lightning saves a checkpoint.
-        nonweight_qp: qp of the non-quantized float tensors (BN, biases), see
-            :func:`ecqx.coding.encode_state_dict`.
+        nonweight_qp: step of the non-quantized float tensors (BN, biases): ``"auto"`` (a step of 2^-B of each
+            tensor's largest magnitude) or one int qp for all, see :func:`ecqx.coding.encode_state_dict`.
+        nonweight_bits: the relative precision B of ``nonweight_qp="auto"``.
 
     Example::
 
@@ -88,7 +89,8 @@ class NNCExport(Callback):
         evaluate: bool = True,
         stage: str = "val",
         on_checkpoint: bool = False,
-        nonweight_qp: int = -75,
+        nonweight_qp: int | str = "auto",
+        nonweight_bits: int = 10,
     ) -> None:
         if not isinstance(path, (str, Path)) or not str(path):
             raise ValueError(f"`path` must be a non-empty file path, got {path!r}")
@@ -98,14 +100,17 @@ class NNCExport(Callback):
             raise ValueError(f"`every_n_epochs` must be None or an integer >= 1, got {every_n_epochs!r}")
         if stage not in STEP_NAMES:
             raise ValueError(f"`stage` must be one of {sorted(STEP_NAMES)}, got {stage!r}")
-        if isinstance(nonweight_qp, bool) or not isinstance(nonweight_qp, int):
-            raise ValueError(f"`nonweight_qp` must be an integer, got {nonweight_qp!r}")
+        if nonweight_qp != "auto" and (isinstance(nonweight_qp, bool) or not isinstance(nonweight_qp, int)):
+            raise ValueError(f"`nonweight_qp` must be 'auto' or an integer qp, got {nonweight_qp!r}")
+        if type(nonweight_bits) is not int or not 1 <= nonweight_bits <= 24:
+            raise ValueError(f"`nonweight_bits` must be an integer in 1..24, got {nonweight_bits!r}")
         self.path = Path(path)
         self.every_n_epochs = every_n_epochs
         self.evaluate = bool(evaluate)
         self.stage = stage
         self.on_checkpoint = bool(on_checkpoint)
         self.nonweight_qp = nonweight_qp
+        self.nonweight_bits = nonweight_bits
         self.results: list[ExportResult] = []
 
     @property
@@ -176,7 +181,8 @@ class NNCExport(Callback):
     ) -> ExportResult:
         quantized = _quantized_descriptions(trainer, pl_module)
         state_dict = pl_module.state_dict()
-        data = coding.encode_state_dict(state_dict, quantized, nonweight_qp=self.nonweight_qp)
+        data = coding.encode_state_dict(state_dict, quantized, nonweight_qp=self.nonweight_qp,
+                                        nonweight_bits=self.nonweight_bits)
         path.parent.mkdir(parents=True, exist_ok=True)
         write_bytes_atomic(path, data)
         decoded = decode_into_copy(pl_module, data)

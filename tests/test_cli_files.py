@@ -215,9 +215,6 @@ def _bad_model_files(folder) -> dict[str, tuple[str, str]]:
     paths["beyond float32"] = ("f64.pt", "tensor 'bias' holds values up to 1e+300")
     (folder / "stream.pt").write_bytes(encode_state_dict(whole))
     paths["nnc stream"] = ("stream.pt", "this is an NNC stream, not a state_dict; 'ecqx decode'")
-    huge = dict(whole, bias=torch.full((3,), 3e38))
-    torch.save(huge, folder / "huge.pt")
-    paths["3e38 bias"] = ("huge.pt", "tensor 'bias' (values up to 3e+38) needs the step")
     return paths
 
 
@@ -233,7 +230,8 @@ def test_bad_model_files_give_one_line_errors(tmp_path, capsys):
 def test_the_3e38_bias_error_names_the_range(tmp_path, capsys):
     huge = dict(_linear_state(), bias=torch.full((3,), 3e38))
     torch.save(huge, tmp_path / "huge.pt")
-    assert main(["compress", str(tmp_path / "huge.pt")]) == 1
+    # one fixed non-weight qp: the bias needs a step too far from the weight's for one stream
+    assert main(["compress", str(tmp_path / "huge.pt"), "--nonweight-qp", "-75"]) == 1
     err = _one_error_line(capsys, "ecqx compress: error: ")
     assert "tensor 'bias'" in err and "tensor 'weight'" in err and "must stay below about" in err
 
@@ -243,7 +241,19 @@ def test_a_lone_3e38_tensor_is_codable(tmp_path, capsys):
     torch.save({"scale": torch.tensor([3e38, -2e38, 1.0])}, tmp_path / "big.pt")
     assert main(["compress", str(tmp_path / "big.pt")]) == 0
     decoded = decode_state_dict((tmp_path / "big.nnc").read_bytes())["scale"]
-    assert torch.allclose(decoded[:2], torch.tensor([3e38, -2e38]), rtol=1e-6)
+    # default non-weight coding: a step of 2^-10 of the largest magnitude, so at most half of that off
+    assert torch.allclose(decoded[:2], torch.tensor([3e38, -2e38]), rtol=2**-11, atol=0)
+
+
+def test_a_3e38_bias_beside_ordinary_weights_is_stored_as_raw_float(tmp_path):
+    from ecqx.coding import PayloadType, decode_levels
+
+    huge = dict(_linear_state(), bias=torch.full((3,), 3e38))
+    torch.save(huge, tmp_path / "huge.pt")
+    assert main(["compress", str(tmp_path / "huge.pt")]) == 0
+    data = (tmp_path / "huge.nnc").read_bytes()
+    assert decode_levels(data)["bias"].payload_type == PayloadType.NNR_PT_RAW_FLOAT
+    assert torch.equal(decode_state_dict(data)["bias"], huge["bias"])
 
 
 def test_bad_streams_give_one_line_errors(model_file, tmp_path, capsys):

@@ -200,7 +200,8 @@ def build_tool_parser() -> argparse.ArgumentParser:
         help="post-training ECQ/EC2T quantization of a state_dict file, written as an NNC bitstream",
         description="Quantize a saved state_dict (no data needed) and write it as an NNC bitstream. "
         "Tensors the quantizer selects are coded losslessly from their integer levels, the other float "
-        "tensors with the fine --nonweight-qp step, integer buffers losslessly.",
+        "tensors with a step tied to each tensor's own scale (--nonweight-qp auto, --nonweight-bits) or one "
+        "fixed qp, never above their float32 size; integer buffers losslessly.",
     )
     compress.add_argument("model", help="state_dict file (torch.save; a checkpoint dict works too)")
     compress.add_argument(
@@ -215,7 +216,13 @@ def build_tool_parser() -> argparse.ArgumentParser:
         "--mode", choices=("clean", "faithful"), default="clean", help="quantizer variant (default: clean)"
     )
     compress.add_argument(
-        "--nonweight-qp", type=int, default=-75, help="qp of the non-quantized float tensors (default: -75)"
+        "--nonweight-qp", type=_nonweight_qp, default="auto",
+        help="step of the non-quantized float tensors (BatchNorm, biases): 'auto' (a step 2^-B of each "
+        "tensor's largest magnitude, B = --nonweight-bits) or one qp for all (e.g. -75); default: auto",
+    )
+    compress.add_argument(
+        "--nonweight-bits", type=int, default=10,
+        help="relative precision B of --nonweight-qp auto, 1..24 (default: 10)",
     )
     add_workers_option(compress)
     add_debug_option(compress)
@@ -223,6 +230,15 @@ def build_tool_parser() -> argparse.ArgumentParser:
     add_inspect_command(commands)
     add_decode_command(commands)
     return parser
+
+
+def _nonweight_qp(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be 'auto' or an integer qp, got {text!r}") from None
 
 
 def run_tool(argv: Sequence[str]) -> int:
@@ -333,9 +349,10 @@ def _encode(state_dict: dict[str, torch.Tensor], quantized: Mapping[str, object]
 
     try:
         return encode_state_dict(state_dict, quantized=quantized, nonweight_qp=args.nonweight_qp,
-                                 workers=args.workers)
+                                 nonweight_bits=args.nonweight_bits, workers=args.workers)
     except (ValueError, TypeError) as error:
-        reason = _step_spread(state_dict, quantized, args.nonweight_qp) or str(error)
+        fixed_qp = args.nonweight_qp != "auto"
+        reason = (_step_spread(state_dict, quantized, args.nonweight_qp) if fixed_qp else None) or str(error)
         raise FileCommandError(f"{args.model}: cannot be coded as one NNC stream: {reason}") from error
 
 
