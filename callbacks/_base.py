@@ -431,7 +431,10 @@ class QuantizationCallback(Callback):
     def _start_quantization(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         params = self._parameter_list(pl_module)
         self.group = self._new_group([p.shape for p in params], params[0].device)
-        self.group.initialise([p.detach() for p in params])
+        try:
+            self.group.initialise([p.detach() for p in params])
+        except ValueError as error:
+            raise ValueError(self._initialise_error(trainer, params, error)) from error
         # the full-precision model's validation metrics of the last warm-up epoch, for the final comparison
         self.fp_metrics = {
             f"fp_{k}": float(v)
@@ -445,6 +448,21 @@ class QuantizationCallback(Callback):
             f"{type(self).__name__}: quantizing {len(params)} tensors from epoch {trainer.current_epoch} "
             f"(sparsity {summary['sparsity']:.3f}, {summary['bits_per_weight']:.3f} bits/weight)"
         )
+
+    def _initialise_error(self, trainer: pl.Trainer, params: list[torch.nn.Parameter],
+                          error: Exception) -> str:
+        """The grid error of ``initialise`` and the tensors that cause it (looked up only after it failed)."""
+        ranges = [(name, float(p.detach().min()), float(p.detach().max()))
+                  for name, p in zip(self.targets, params, strict=True)]
+        zero = [name for name, lo, hi in ranges if lo == hi == 0.0]
+        one_sign = [name for name, lo, hi in ranges if (lo >= 0.0 or hi <= 0.0) and name not in zero]
+        culprits = [f"all zero: {', '.join(zero)}"] if zero else []
+        if one_sign and "sign" in str(error):
+            culprits.append(f"values of one sign only: {', '.join(one_sign)}")
+        found = f" ({'; '.join(culprits)})" if culprits else ""
+        return (f"{type(self).__name__} cannot start quantizing at epoch {trainer.current_epoch}: "
+                f"{error}{found}. HINT: exclude these tensors (exclude=[...]), or start later (start_epoch) "
+                "so that training moves them first.")
 
     @torch.no_grad()
     def _hand_gradients_to_shadows(self, pl_module: pl.LightningModule) -> None:
