@@ -9,7 +9,7 @@ from ecqx.coding.hls import PayloadType
 from ecqx.coding.inspect_stream import format_table, inspect_stream
 from ecqx.coding.model import decode_state_dict, encode_state_dict, load_nnc
 from ecqx.coding.native import load_native
-from ecqx.coding.quant import CodedTensor, quantize_tensor, snap_step, step_size
+from ecqx.coding.quant import CodedTensor, QuantizedLevels, quantize_tensor, snap_step, step_size
 from ecqx.coding.sizes import float32_bytes
 
 __all__ = [
@@ -18,6 +18,7 @@ __all__ = [
     "DecodedTensor",
     "NativeBuildError",
     "PayloadType",
+    "QuantizedLevels",
     "decode",
     "decode_state_dict",
     "decode_levels",

@@ -18,7 +18,7 @@ from typing import BinaryIO
 
 import torch
 
-from ecqx.coding.api import DEFAULT_MAX_ELEMENTS
+from ecqx.coding.common import DEFAULT_MAX_ELEMENTS
 from ecqx.coding.errors import BitstreamError, NativeBuildError
 from ecqx.coding.files import atomic_write
 from ecqx.coding.inspect_stream import format_table, inspect_stream

@@ -6,13 +6,8 @@ import math
 
 import torch
 
-from ecqx.coding.api import (
-    DEFAULT_MAX_ELEMENTS,
-    _check_header_size,
-    _checked_stream,
-    _decode_ndu,
-    header_qp,
-)
+from ecqx.coding.common import DEFAULT_MAX_ELEMENTS
+from ecqx.coding.decoder import _check_header_size, _checked_stream, _decode_ndu, header_qp
 from ecqx.coding.hls import ParsedNdu, PayloadType
 from ecqx.coding.quant import step_size
 

@@ -10,18 +10,12 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
-from ecqx.coding.api import (
-    DEFAULT_MAX_ELEMENTS,
-    _check_workers,
-    _checked_stream,
-    _decode_stream,
-    _description_item,
-    _encode_items,
-    _int32_levels,
-    _Item,
-)
+from ecqx.coding.common import DEFAULT_MAX_ELEMENTS, _check_workers
+from ecqx.coding.decoder import _checked_stream, _decode_stream
+from ecqx.coding.encoder import _encode_items
 from ecqx.coding.errors import BitstreamError
 from ecqx.coding.hls import STATE_DICT_METADATA_KEY, PayloadType, StateDictMetadata
+from ecqx.coding.normalise import _description_item, _int32_levels, _Item
 from ecqx.coding.quant import quantize_tensor, relative_qp
 
 log = logging.getLogger(__name__)

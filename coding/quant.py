@@ -1,14 +1,27 @@
-"""NNC step sizes, the quantized-tensor description of the codec and NNCodec-identical quantizers."""
+"""NNC step sizes, the quantized-tensor description of the codec and NNCodec-identical quantizers.
+
+Δ(qp, qp_density) and the nearest-step choice are also implemented in ``ecqx.stepsize`` (the quantizer's
+grids): the layering lets neither package import the other (DESIGN.md §1), and the formula is a few lines of
+spec §12.1, so each layer keeps its own copy rather than a third package that both would depend on. The
+copies are kept identical by ``tests/test_quant_stepsize.py``: it compares Δ for every qp_density 0..7 and
+every qp with a finite non-zero float32 step, checks that both refuse the qps outside that range, and
+compares :func:`snap_step` with ``ecqx.stepsize.snap_to_density`` at the points where the choice between
+neighbouring steps changes, for every step of the octaves around 1 and for steps across the normal float32
+range. Both choose the least linear distance |Δ − step|, ties to the smaller qp; ``ecqx.stepsize.snap_step``
+also chooses the qp_density, which the codec takes as given.
+"""
 
 from __future__ import annotations
 
 import functools
 import math
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
 
+from ecqx.coding.common import _geometry
 from ecqx.coding.native import load_native
 
 MAX_QP_DENSITY = 7
@@ -80,7 +93,7 @@ def _step_size(qp: int, qp_density: int) -> float:
 
 
 def snap_step(step: float, qp_density: int = 2) -> tuple[int, float]:
-    """Nearest representable (qp, Δ) for a wanted step size (nearest in log scale; ties to the smaller qp)."""
+    """Nearest representable (qp, Δ) for a wanted step size: least |Δ − step|, ties to the smaller qp."""
     qp_density = _check_qp_density(qp_density)
     if not isinstance(step, (int, float, np.floating)) or not math.isfinite(step) or step <= 0:
         raise ValueError(f"step must be a finite positive number, got {step!r}")
@@ -92,12 +105,33 @@ def snap_step(step: float, qp_density: int = 2) -> tuple[int, float]:
             candidate = step_size(qp, qp_density)
         except ValueError:
             continue
-        distance = abs(math.log(candidate / step))
+        distance = abs(candidate - step)
         if best is None or distance < best[0]:
             best = (distance, qp)
     if best is None:
         raise ValueError(f"step {step} is outside the range of NNC step sizes")
     return best[1], step_size(best[1], qp_density)
+
+
+@runtime_checkable
+class QuantizedLevels(Protocol):
+    """A quantized tensor as the encoder reads it: the contract between a quantizer and the codec.
+
+    The tensor's values are ``float32(levels) · Δ(qp, qp_density)``. ``levels`` are integers: codebook values
+    when ``codebook`` (None or a 1-D strictly increasing integer tensor) is given, dependent-quantization
+    reconstruction indices when ``dq``. :class:`CodedTensor` satisfies it, and so does
+    ``ecqx.QuantizedTensor``, the quantizer's type, which this package must not import (DESIGN.md §1);
+    a test checks both and that they encode to the same bytes.
+
+    :func:`ecqx.coding.encode` also takes objects that lack ``qp_density``, ``codebook`` or ``dq``, with
+    NNCodec's defaults 2, no codebook and False; ``levels`` and ``qp`` have no default.
+    """
+
+    levels: torch.Tensor
+    qp: int
+    qp_density: int
+    codebook: torch.Tensor | None
+    dq: bool
 
 
 @dataclass
@@ -106,7 +140,7 @@ class CodedTensor:
 
     Value = float32(levels) · step_size(qp, qp_density) in float32. With a codebook, `levels` hold codebook
     values (integer multiples of the step) and the codec codes indices into `codebook`. With `dq`, levels are
-    dependent-quantization reconstruction indices.
+    dependent-quantization reconstruction indices. Satisfies :class:`QuantizedLevels`.
     """
 
     levels: torch.Tensor
@@ -121,12 +155,6 @@ class CodedTensor:
 
     def dequantize(self) -> torch.Tensor:
         return self.levels.to(torch.float32) * torch.tensor(self.step, dtype=torch.float32)
-
-
-def _geometry(shape: tuple[int, ...]) -> tuple[int, int]:
-    count = math.prod(shape) if shape else 1
-    width = math.prod(shape[1:]) if len(shape) > 1 else 1
-    return count // width, width
 
 
 def _fallback_qp(max_abs: float, qp_density: int) -> int:

@@ -4,6 +4,10 @@ Its value is exactly ``float32(levels) * step_size(qp, qp_density)`` in float32;
 sorted int32 tensor) lists the values ``levels`` may take for EC2T/codebook grids. :func:`export_levels`
 turns an assignment on a :class:`~ecqx.grid.Grid` into one, snapping an unsnapped (faithful-mode)
 grid and reporting the largest weight change that the snapping caused in ``max_export_change``.
+
+``QuantizedTensor`` satisfies the codec's ``ecqx.coding.QuantizedLevels`` protocol (levels, qp, qp_density,
+codebook, dq), which is how ``ecqx.coding.encode`` reads it; this package does not import the codec
+(DESIGN.md §1), so the protocol is not named in the code here, and a test keeps the two in step.
 """
 
 from __future__ import annotations

@@ -9,8 +9,14 @@ i.e. Δ = (1 + frac/k) · 2^floor(qp/k): d = 2 gives four steps per octave, d = 
 dyadic number with at most d + 1 significant bits, so ``float32(level) * Δ`` is exact for every level below
 2^(23 − d) in magnitude: a grid built on a snapped Δ is reproduced bit for bit by any conformant decoder.
 
-This module is the quantizer side's own implementation of that formula (the codec package has its own; a test
-cross-checks both).
+This module is the quantizer side's implementation of that formula; ``ecqx.coding.quant`` has the codec's
+(``step_size``, ``snap_step``). There are two because the layering lets neither package import the other
+(DESIGN.md §1) and the formula is too small to justify a third package both would depend on. They are kept
+identical by ``tests/test_quant_stepsize.py``: Δ is compared for every qp_density 0..7 and every qp with a
+finite non-zero float32 step (and both must refuse the qps outside that range), and :func:`snap_to_density`
+is compared with the codec's ``snap_step`` at the points where the choice between neighbouring steps
+changes. Both snap to the least linear distance |Δ − step|, ties to the smaller qp; :func:`snap_step` here
+also chooses the qp_density, trying the coarse ones first.
 """
 
 from __future__ import annotations

@@ -316,7 +316,7 @@ def test_inspect_qp_from_the_payload_start_matches_the_decoder(qp_density, profi
 
 
 def test_inspect_reads_headers_only(monkeypatch):
-    import ecqx.coding.api as api
+    import ecqx.coding.decoder as decoder
 
     data = encode({"w": _w(), "i": torch.tensor([5, 0, 0, 1])})
     expected = inspect_stream(data)
@@ -324,7 +324,7 @@ def test_inspect_reads_headers_only(monkeypatch):
     def no_decoding():
         raise AssertionError("inspect_stream decoded a payload")
 
-    monkeypatch.setattr(api, "load_native", no_decoding)
+    monkeypatch.setattr(decoder, "load_native", no_decoding)
     assert inspect_stream(data) == expected
     with pytest.raises(AssertionError, match="decoded a payload"):
         inspect_stream(data, values=True)
@@ -335,7 +335,7 @@ def _zero_tensors(count, shape):
 
 
 def test_max_elements_bounds_the_whole_stream_before_decoding(monkeypatch):
-    import ecqx.coding.api as api
+    import ecqx.coding.decoder as decoder
     from ecqx.coding import decode_state_dict
 
     data = encode(_zero_tensors(4, (4, 2**18)))  # 4 tensors of 2^20 zeros, each below the limit
@@ -343,18 +343,18 @@ def test_max_elements_bounds_the_whole_stream_before_decoding(monkeypatch):
     readers = [lambda **kw: decode(data, **kw), lambda **kw: decode_levels(data, **kw),
                lambda **kw: decode_state_dict(data, **kw),
                lambda **kw: inspect_stream(data, values=True, **kw)]
-    native = api.load_native
+    native = decoder.load_native
 
     def no_decoding():
         raise AssertionError("a payload was decoded before the element budget was checked")
 
-    monkeypatch.setattr(api, "load_native", no_decoding)
+    monkeypatch.setattr(decoder, "load_native", no_decoding)
     for read in readers:
         with pytest.raises(BitstreamError, match=r"4194304 tensor elements in 4 tensors .*"
                                                  r"max_elements=2097152.*raise it with max_elements="):
             read(max_elements=limit)
     assert len(inspect_stream(data, max_elements=limit)) == 4  # header-only inspection allocates nothing
-    monkeypatch.setattr(api, "load_native", native)
+    monkeypatch.setattr(decoder, "load_native", native)
     for read in readers:
         assert len(read(max_elements=2**22)) == 4  # the limit is inclusive
 

@@ -72,20 +72,47 @@ def test_bad_inputs_raise_clear_errors():
         snap_step(0.1, rtol=-1)
 
 
-def test_agrees_with_codec_package():
-    from ecqx.coding import snap_step as codec_snap_step
+def _finite_qp_range(density):
+    """qps with a finite non-zero float32 step: Δ(-149·2^d) = 2^-149, Δ(128·2^d - 1) = (2 - 2^-d)·2^127."""
+    k = 1 << density
+    return range(-149 * k, 128 * k)
+
+
+@pytest.mark.parametrize("density", range(0, 8))
+def test_step_size_agrees_with_codec_package_for_every_qp(density):
     from ecqx.coding import step_size
 
-    for qp in range(-1200, 1200, 7):
-        for density in range(0, 8):
-            try:
-                ours = nnc_step_size(qp, density)
-            except ValueError:
-                with pytest.raises(ValueError):
-                    step_size(qp, density)
-                continue
-            assert ours == step_size(qp, density)
-    for step in (0.24406450281824785, 0.0286, 1e-3, 0.5):
-        qp, delta = codec_snap_step(step, 2)
-        assert delta == nnc_step_size(qp, 2)
-        assert abs(delta - step) == abs(snap_to_density(step, 2)[1] - step)
+    qps = _finite_qp_range(density)
+    for qp in qps:
+        assert nnc_step_size(qp, density) == step_size(qp, density), qp
+    for qp in (qps.start - 1, qps.stop, qps.start - 10**6, qps.stop + 10**6):
+        with pytest.raises(ValueError, match="no finite non-zero float32 step size"):
+            nnc_step_size(qp, density)
+        with pytest.raises(ValueError, match="no finite non-zero float32 step size"):
+            step_size(qp, density)
+
+
+def _decision_points(lower, upper):
+    """Steps where a nearest-step choice between the neighbours lower < upper can change: both steps, the
+    linear and the geometric midpoint, and the floats next to each midpoint."""
+    points = [lower, upper]
+    for middle in ((lower + upper) / 2, math.sqrt(lower * upper)):
+        points += [math.nextafter(middle, 0.0), middle, math.nextafter(middle, math.inf)]
+    return points
+
+
+@pytest.mark.parametrize("density", range(0, 8))
+def test_snap_step_agrees_with_codec_package(density):
+    from ecqx.coding import snap_step as codec_snap_step
+
+    k = 1 << density
+    # every step of the octaves below and above 1 (every mantissa of this density), and qps spread over the
+    # range of normal float32 steps (other octaves scale those by powers of two)
+    qps = sorted(set(range(-k, k)) | set(range(-126 * k, 127 * k - 1, 4 * k + 1)))
+    for qp in qps:
+        lower, upper = nnc_step_size(qp, density), nnc_step_size(qp + 1, density)
+        for step in _decision_points(lower, upper):
+            assert codec_snap_step(step, density) == snap_to_density(step, density), (qp, step)
+        middle = (lower + upper) / 2  # equally far from both: the smaller qp
+        assert snap_to_density(middle, density) == (qp, lower)
+        assert snap_to_density(math.nextafter(middle, math.inf), density) == (qp + 1, upper)
