@@ -325,6 +325,18 @@ class UpdateEncoder:
             hdsp,
         )
 
+    def _decoded(self, t: _Tensor, node: _Node | None, payload: bytes,
+                 base: torch.Tensor | None) -> torch.Tensor:
+        rows, width = _geometry(tuple(t.levels.shape))
+        out = torch.empty(t.levels.shape, dtype=torch.int32)
+        history = node.history.reshape(-1) if (node is not None and node.history is not None) else _EMPTY_I8
+        is_float = t.payload_type == PayloadType.NNR_PT_FLOAT
+        load_native().decode_update_payload(
+            payload, out, rows, width, _header_scan_order(tuple(t.levels.shape), self.scan_order), t.dq,
+            self.cabac_unary_length_minus1 + 1, 0, 0, is_float, 6 + self.qp_density, True,
+            _EMPTY_I32 if base is None else base.reshape(-1), history)
+        return out
+
     def encode(self, update: Mapping[str, object]) -> bytes:
         """Codes one update (a mapping of names to float tensors, integer tensors or quantized tensor
         descriptions with ``levels``/``qp``[/``dq``]) and advances the state. Returns the bitstream."""
@@ -348,7 +360,7 @@ class UpdateEncoder:
             hls.write_mps(PROFILE, self.qp_density, 0, topology_carriage=True, parent_signalling=True),
             hls.write_tpl(""),
         ]
-        coded: list[tuple[_Tensor, int]] = []
+        coded: list[tuple[_Tensor, int, torch.Tensor]] = []
         for index, t in enumerate(tensors):
             if not bool(t.levels.any()):
                 continue  # an all-zero update tensor has no data unit (NNCodec's skipped NDU)
@@ -360,6 +372,12 @@ class UpdateEncoder:
                 if len(with_hdsp[0]) < len(payload):  # the smaller payload; ties keep HDSP off (NNCodec)
                     payload, eps = with_hdsp
             so = _header_scan_order(tuple(t.levels.shape), self.scan_order)
+            stored = t.levels
+            if t.dq and self.row_skipping and so > 0:
+                # DQ + row skipping + block scan: the decoder's integers can differ from the coded ones
+                # (spec §11.5); the state (TCA base, HDSP history) holds what the decoder will hold. NNCodec
+                # keeps its encoder's integers instead, so its later updates in this setting do not decode.
+                stored = self._decoded(t, node, payload, base)
             header = NduHeader(
                 name=t.name,
                 payload_type=t.payload_type,
@@ -376,16 +394,18 @@ class UpdateEncoder:
                 parent_device_id=self.parent_device_id,
             )
             parts.append(hls.write_ndu(header, PROFILE, payload, parent_signalling=True))
-            coded.append((t, index))
+            coded.append((t, index, stored))
         # state after the whole update (a failure above leaves the state untouched)
-        for t, index in coded:
+        stored_levels = {t.name: t.levels for t in tensors}
+        for t, index, stored in coded:
             node = self._nodes.setdefault(t.name, _Node())
-            node.base = t.levels.clone()
+            node.base = stored.clone()
             node.depth += 1
             node.parameter_id = index
+            stored_levels[t.name] = stored
         if self.hdsp:  # NNCodec records every tensor of the update, all-zero ones included
             for t in tensors:
-                _add_history(self._nodes.setdefault(t.name, _Node()), t.levels)
+                _add_history(self._nodes.setdefault(t.name, _Node()), stored_levels[t.name])
         self._updates += 1
         return b"".join(parts)
 
