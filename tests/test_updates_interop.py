@@ -274,3 +274,37 @@ def test_tca_flag_on_a_first_update_is_missing_base(tca_streams):
     forged = _rewrite(tca_streams[0], lambda h: setattr(h, "temporal_context_modeling", True))
     with pytest.raises(BitstreamError, match="missing base"):
         UpdateDecoder().decode(forged)
+
+
+def test_quantized_descriptions_give_the_same_bytes_as_floats():
+    """Levels + qp descriptions (here the integers the encoder itself chose) code exactly like the floats."""
+    options = _options(True, True, False, False, 0)
+    from_floats, from_levels = UpdateEncoder(**options), UpdateEncoder(**options)
+    for update in correlated_updates(3, seed=9):
+        data = from_floats.encode(_torch(update))
+        described = {}
+        for name, value in update.items():
+            qp = QPS["qp"] if value.ndim >= 2 else QPS["nonweight_qp"]
+            described[name] = coding.quantize_tensor(torch.from_numpy(value), qp)
+            assert described[name].qp == qp
+        assert from_levels.encode(described) == data
+
+
+def test_corrupt_update_payloads_raise_bitstream_error(tca_streams):
+    """Flipped payload bytes in a TCA update: decoded or BitstreamError, never another exception."""
+    rs = np.random.RandomState(4)
+    first = UpdateDecoder()
+    first.decode(tca_streams[0])
+    state = first.state_dict()
+    errors = 0
+    for _ in range(60):
+        data = bytearray(tca_streams[1])
+        pos = rs.randint(60, len(data))
+        data[pos] ^= 1 << rs.randint(8)
+        decoder = UpdateDecoder()
+        decoder.load_state_dict(state)
+        try:
+            decoder.decode(bytes(data))
+        except BitstreamError:
+            errors += 1
+    assert errors > 0
