@@ -11,14 +11,18 @@ from ecqx.coding.model import decode_state_dict, encode_state_dict, load_nnc
 from ecqx.coding.native import load_native
 from ecqx.coding.quant import CodedTensor, QuantizedLevels, quantize_tensor, snap_step, step_size
 from ecqx.coding.sizes import float32_bytes
+from ecqx.coding.updates import DecodedUpdateTensor, UpdateDecoder, UpdateEncoder
 
 __all__ = [
     "BitstreamError",
     "CodedTensor",
     "DecodedTensor",
+    "DecodedUpdateTensor",
     "NativeBuildError",
     "PayloadType",
     "QuantizedLevels",
+    "UpdateDecoder",
+    "UpdateEncoder",
     "decode",
     "decode_state_dict",
     "decode_levels",

@@ -61,6 +61,11 @@ class NduHeader:
     parameter_id: int = 0
     put_node_depth: int = 0
     decompressed_data_format: int | None = None
+    # difference updates (present when the MPS has mps_parent_signalling_enabled_flag; spec §2.8, §13)
+    parent_node_id_present: bool = False
+    parent_node_id_type: int = 0  # 0 ICNN_NDU_ID (the only type read and written)
+    temporal_context_modeling: bool = False
+    parent_device_id: int = 0
 
 
 @dataclass
@@ -79,6 +84,7 @@ class ParsedStream:
     qp_base: int | None
     topology_data: str | None
     ndus: list[ParsedNdu]
+    parent_signalling: bool = False  # mps_parent_signalling_enabled_flag (difference updates)
 
 
 # ------------------------------------------------------------------------------------------------ writing
@@ -104,14 +110,20 @@ def write_start_unit(profile: int) -> bytes:
     return _unit(w.tobytes())
 
 
-def write_mps(profile: int, qp_density: int, qp_base: int, topology_carriage: bool) -> bytes:
+def write_mps(profile: int, qp_density: int, qp_base: int, topology_carriage: bool,
+              parent_signalling: bool = False) -> bytes:
     w = BitWriter()
     _common_header(w, UnitType.MPS)
     w.u(1, int(topology_carriage))
     w.u(4, 0)  # sparsification, pruning, unification, decomposition performance map flags
     w.u(3, 1)  # mps_quantization_method_flags = NNR_QSU
     w.u(1, 0)  # mps_topology_indexed_reference_flag
-    w.u(7, 0)  # P1: base model id, validation set, metric type, parent signalling, reserved; P0: reserved
+    if parent_signalling:  # P1: base model id, validation set, metric type 0; parent signalling 1; rest 0
+        w.u(3, 0)
+        w.u(1, 1)
+        w.u(3, 0)
+    else:
+        w.u(7, 0)  # P1: base model id, validation set, metric type, parent signalling, reserved; P0: reserved
     w.u(3, qp_density)
     w.i(13, qp_base)
     w.align()
@@ -152,7 +164,7 @@ def num_entry_points(dims: tuple[int, ...], scan_order: int) -> int:
     return ((dims[0] + (4 << scan_order) - 1) >> (2 + scan_order)) - 1
 
 
-def write_ndu(h: NduHeader, profile: int, payload: bytes) -> bytes:
+def write_ndu(h: NduHeader, profile: int, payload: bytes, parent_signalling: bool = False) -> bytes:
     w = BitWriter()
     _common_header(w, UnitType.NDU)
     w.u(5, int(h.payload_type))
@@ -166,6 +178,8 @@ def write_ndu(h: NduHeader, profile: int, payload: bytes) -> bytes:
             w.ue(1, h.device_id)
             w.ue(5, h.parameter_id)
             w.ue(4, h.put_node_depth)
+        if parent_signalling:
+            _write_parent_fields(w, h)
     if h.payload_type == PayloadType.NNR_PT_FLOAT:
         w.u(1, int(h.codebook is not None))
         if h.codebook is not None:
@@ -202,12 +216,42 @@ def write_ndu(h: NduHeader, profile: int, payload: bytes) -> bytes:
     return _unit(w.tobytes() + payload)
 
 
+def _write_parent_fields(w: BitWriter, h: NduHeader) -> None:
+    w.u(1, int(h.parent_node_id_present))
+    if h.parent_node_id_present:
+        if h.parent_node_id_type != 0:
+            raise ValueError(f"tensor {h.name!r}: parent_node_id_type {h.parent_node_id_type} is not "
+                             "supported (0 ICNN_NDU_ID only)")
+        w.u(2, 0)
+        w.u(1, int(h.temporal_context_modeling))
+        w.ue(1, h.parent_device_id)
+        if not h.node_id_present:
+            w.ue(5, h.parameter_id)
+            w.ue(4, h.put_node_depth)
+
+
+def _read_parent_fields(r: BitReader, h: NduHeader) -> None:
+    h.parent_node_id_present = bool(r.u(1, "parent_node_id_present_flag"))
+    if not h.parent_node_id_present:
+        return
+    h.parent_node_id_type = r.u(2, "parent_node_id_type")
+    h.temporal_context_modeling = bool(r.u(1, "temporal_context_modeling_flag"))
+    if h.parent_node_id_type != 0:
+        raise _unsupported("parent_node_id_type", h.parent_node_id_type,
+                           "0 ICNN_NDU_ID; parents named by payload hashes are not")
+    h.parent_device_id = r.ue(1, "parent_device_id")
+    if not h.node_id_present:
+        h.parameter_id = r.ue(5, "parameter_id")
+        h.put_node_depth = r.ue(4, "put_node_depth")
+
+
 # ------------------------------------------------------------------------------------------------ reading
 def _unsupported(what: str, value: object, allowed: str) -> BitstreamError:
     return BitstreamError(f"unsupported {what} = {value} (this decoder supports {allowed})")
 
 
-def _read_mps(r: BitReader, profile: int) -> tuple[int | None, int | None, bool]:
+def _read_mps(r: BitReader, profile: int,
+              allow_updates: bool = False) -> tuple[int | None, int | None, bool, bool]:
     topology_carriage = bool(r.u(1, "topology_carriage_flag"))
     names = ("mps_sparsification_flag", "mps_pruning_flag", "mps_unification_flag",
              "mps_decomposition_performance_map_flag")
@@ -219,18 +263,24 @@ def _read_mps(r: BitReader, profile: int) -> tuple[int | None, int | None, bool]
         raise _unsupported("mps_topology_indexed_reference_flag", 1, "0 (tensors named by string)")
     if profile == 1:
         for name in ("base_model_id_present_flag", "validation_set_performance_present_flag",
-                     "metric_type_performance_map_valid_flag", "mps_parent_signalling_enabled_flag"):
+                     "metric_type_performance_map_valid_flag"):
             if r.u(1, name):
                 raise _unsupported(name, 1, "0")
+        parent_signalling = bool(r.u(1, "mps_parent_signalling_enabled_flag"))
+        if parent_signalling and not allow_updates:
+            raise BitstreamError("mps_parent_signalling_enabled_flag = 1: the stream is a difference update "
+                                 "that needs the decoder state of the earlier updates; decode it with "
+                                 "ecqx.coding.UpdateDecoder")
         r.u(3, "reserved bits")
     else:
+        parent_signalling = False
         r.u(7, "nnr_reserved_zero_7bits")
     qp_density = qp_base = None
     if methods & 3:
         qp_density = r.u(3, "mps_qp_density")
         qp_base = r.i(13, "mps_quantization_parameter")
     r.align()
-    return qp_density, qp_base, topology_carriage
+    return qp_density, qp_base, topology_carriage, parent_signalling
 
 
 def _read_lps(r: BitReader) -> tuple[int | None, int | None]:
@@ -269,7 +319,8 @@ def _read_codebook(r: BitReader) -> tuple[list[int], int, int]:
     return values, zero_offset, egk
 
 
-def _read_ndu_header(r: BitReader, profile: int, tensor_index: int) -> NduHeader:
+def _read_ndu_header(r: BitReader, profile: int, tensor_index: int,
+                     parent_signalling: bool = False) -> NduHeader:
     payload_type = r.u(5, "nnr_compressed_data_unit_payload_type")
     if payload_type not in (0, 1, 2):
         raise _unsupported("nnr_compressed_data_unit_payload_type", payload_type,
@@ -286,6 +337,8 @@ def _read_ndu_header(r: BitReader, profile: int, tensor_index: int) -> NduHeader
             h.device_id = r.ue(1, "device_id")
             h.parameter_id = r.ue(5, "parameter_id")
             h.put_node_depth = r.ue(4, "put_node_depth")
+        if parent_signalling:
+            _read_parent_fields(r, h)
     if payload_type == PayloadType.NNR_PT_FLOAT and r.u(1, "codebook_present_flag"):
         h.codebook, h.codebook_zero_offset, h.codebook_egk = _read_codebook(r)
     if payload_type in (PayloadType.NNR_PT_INT, PayloadType.NNR_PT_FLOAT):
@@ -344,8 +397,12 @@ def _read_unit_size(data: bytes, pos: int) -> tuple[int, int]:
     return size, field_bytes
 
 
-def parse_stream(data: bytes) -> ParsedStream:
-    """Splits a bitstream into units and parses every header (the CABAC payloads are not decoded here)."""
+def parse_stream(data: bytes, allow_updates: bool = False) -> ParsedStream:
+    """Splits a bitstream into units and parses every header (the CABAC payloads are not decoded here).
+
+    Difference-update streams (mps_parent_signalling_enabled_flag = 1) raise BitstreamError unless
+    allow_updates (ecqx.coding.UpdateDecoder carries the state they need).
+    """
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise TypeError(f"bitstream must be bytes, got {type(data).__name__}")
     data = bytes(data)
@@ -373,7 +430,7 @@ def parse_stream(data: bytes) -> ParsedStream:
         elif unit_type == UnitType.MPS:
             if seen_mps:
                 raise BitstreamError("more than one model parameter set")
-            qp_density, qp_base, _ = _read_mps(r, stream.profile)
+            qp_density, qp_base, _, stream.parent_signalling = _read_mps(r, stream.profile, allow_updates)
             stream.qp_density, stream.qp_base = qp_density, qp_base
             seen_mps = True
         elif unit_type == UnitType.LPS:
@@ -392,7 +449,7 @@ def parse_stream(data: bytes) -> ParsedStream:
         elif unit_type == UnitType.NDU:
             if not seen_mps:
                 raise BitstreamError("compressed data unit before the model parameter set")
-            header = _read_ndu_header(r, stream.profile, len(stream.ndus))
+            header = _read_ndu_header(r, stream.profile, len(stream.ndus), stream.parent_signalling)
             start = r.byte_position
             stream.ndus.append(ParsedNdu(header, data[start:pos + size], size, qp_density, qp_base))
         else:

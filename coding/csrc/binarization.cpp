@@ -5,15 +5,23 @@
 
 namespace nnc::detail {
 
-std::vector<EcoEntry> eco_list(const Layout& L, bool dq, int cb_size, int cb_zero) {
+std::vector<EcoEntry> eco_list(const Layout& L, bool dq, int cb_size, int cb_zero, bool tca, bool hdsp) {
   std::vector<EcoEntry> out;
   const bool any = cb_size != 1;
   const int sig_contexts = dq ? Layout::kSigContexts : Layout::kNeighbourClasses;
   for (int i = 0; i < sig_contexts; ++i) out.push_back({Layout::kSig + i, any});
+  // TCA significance: 2 per DQ state from 24; HDSP significance: 1 per DQ state from 40 (state 0 only without DQ)
+  if (tca)
+    for (int i = 0; i < (dq ? 2 * Layout::kDqStates : 2); ++i) out.push_back({24 + i, any});
+  if (hdsp)
+    for (int i = 0; i < (dq ? Layout::kDqStates : 1); ++i) out.push_back({40 + i, any});
   const bool sign = any && !(cb_size > 0 && (cb_zero == 0 || cb_zero == cb_size - 1));
-  for (int i = 0; i < Layout::kNeighbourClasses; ++i) out.push_back({Layout::kSign + i, sign});
+  for (int i = 0; i < Layout::kNeighbourClasses + (tca ? 2 : 0); ++i) out.push_back({Layout::kSign + i, sign});
   const int64_t max_abs = cb_size > 0 ? std::max(cb_zero, cb_size - 1 - cb_zero) : -1;
   for (int a = 0; a < 2 * L.num_gtx; ++a) out.push_back({Layout::kGtx + a, max_abs == -1 || a < 2 * max_abs});
+  if (tca)
+    for (int a = 2 * L.num_gtx; a < 4 * L.num_gtx; ++a)
+      out.push_back({Layout::kGtx + a, max_abs == -1 || a < 2 * (max_abs - 1) + 2 * L.num_gtx});
   int64_t level = L.num_gtx - 1;
   for (int a = 0; a < kMaxRemainderPrefix; ++a) {
     level += int64_t(1) << a;

@@ -52,8 +52,10 @@ struct EcoEntry {
   bool signalled;
 };
 
-// The ecoIdx list of a tensor (no TCA/HDSP): significance, sign, greater-than, remainder prefix.
-std::vector<EcoEntry> eco_list(const Layout& L, bool dq, int cb_size, int cb_zero);
+// The ecoIdx list of a tensor: significance, [TCA significance], [HDSP significance], sign (+ TCA sign),
+// greater-than, [TCA greater-than], remainder prefix (spec §8.1).
+std::vector<EcoEntry> eco_list(const Layout& L, bool dq, int cb_size, int cb_zero, bool tca = false,
+                               bool hdsp = false);
 
 // Exp-Golomb remainder rem >= 0 after all greater-than flags were 1, with context-coded prefix (spec §7.1); a
 // codebook bound (the largest remainder the codebook allows, spec §7.2) ends the prefix early.

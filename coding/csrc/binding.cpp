@@ -88,6 +88,76 @@ py::tuple decode_payload(const py::bytes& data, torch::Tensor out, int64_t rows,
   return py::make_tuple(result.qp_delta, result.consumed, entry_point_list(result.entry_points));
 }
 
+// Difference-update variants (TCA / HDSP, spec §13): `base` (int32, the parent's integers) and `history` (int8
+// mask) are empty tensors when absent. Encoding returns (payload, entry points); decoding also reports the
+// hist_dep_sig_prob_enabled_flag it read.
+struct UpdateInputs {
+  const int32_t* base = nullptr;
+  const int8_t* history = nullptr;
+};
+
+UpdateInputs update_inputs(const torch::Tensor& base, const torch::Tensor& history, int64_t count) {
+  UpdateInputs in;
+  if (base.numel() > 0) {
+    require_tensor(base, torch::kInt32, count, "base");
+    in.base = base.data_ptr<int32_t>();
+  }
+  if (history.numel() > 0) {
+    require_tensor(history, torch::kInt8, count, "history");
+    in.history = history.data_ptr<int8_t>();
+  }
+  return in;
+}
+
+py::tuple encode_update_payload(const torch::Tensor& levels, int64_t rows, int64_t width, int scan_order, bool dq,
+                                int num_gtx, int cb_size, int cb_zero, bool has_qp, int qp_bits, bool row_skip,
+                                bool param_opt, int32_t qp_delta, bool parent_present, const torch::Tensor& base,
+                                const torch::Tensor& history, bool hdsp) {
+  const int64_t count = checked_count(rows, width);
+  require_tensor(levels, torch::kInt32, count, "levels");
+  nnc::LayerParams p = make_params(rows, width, scan_order, dq, num_gtx, 1, cb_size, cb_zero, has_qp, qp_bits);
+  const UpdateInputs in = update_inputs(base, history, count);
+  p.parent_present = parent_present;
+  p.base = in.base;
+  p.history = in.history;
+  nnc::EncodeOptions opt;
+  opt.row_skip = row_skip;
+  opt.param_opt = param_opt;
+  opt.qp_delta = qp_delta;
+  opt.hdsp = hdsp;
+  const int32_t* data = levels.data_ptr<int32_t>();
+  nnc::EncodedPayload result;
+  {
+    py::gil_scoped_release release;
+    result = nnc::encode_payload(data, p, opt);
+  }
+  py::bytes payload(reinterpret_cast<const char*>(result.bytes.data()), result.bytes.size());
+  return py::make_tuple(payload, entry_point_list(result.entry_points));
+}
+
+py::tuple decode_update_payload(const py::bytes& data, torch::Tensor out, int64_t rows, int64_t width,
+                                int scan_order, bool dq, int num_gtx, int cb_size, int cb_zero, bool has_qp,
+                                int qp_bits, bool parent_present, const torch::Tensor& base,
+                                const torch::Tensor& history) {
+  const int64_t count = checked_count(rows, width);
+  require_tensor(out, torch::kInt32, count, "out");
+  nnc::LayerParams p = make_params(rows, width, scan_order, dq, num_gtx, 1, cb_size, cb_zero, has_qp, qp_bits);
+  const UpdateInputs in = update_inputs(base, history, count);
+  p.parent_present = parent_present;
+  p.base = in.base;
+  p.history = in.history;
+  char* buffer = nullptr;
+  Py_ssize_t size = 0;
+  if (PyBytes_AsStringAndSize(data.ptr(), &buffer, &size) != 0) throw py::error_already_set();
+  int32_t* dst = out.data_ptr<int32_t>();
+  nnc::DecodedPayload result;
+  {
+    py::gil_scoped_release release;
+    result = nnc::decode_payload(reinterpret_cast<const uint8_t*>(buffer), static_cast<size_t>(size), p, dst);
+  }
+  return py::make_tuple(result.qp_delta, result.consumed, entry_point_list(result.entry_points), result.hdsp);
+}
+
 // float32(levels) * step in float32 (the reconstruction rule of spec §12.3), one pass, GIL released.
 // `levels` may be an int32 view of `out` (same element size): each element is read before it is written.
 void levels_to_float(const torch::Tensor& levels, torch::Tensor out, double step) {
@@ -137,6 +207,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   py::register_exception<nnc::BitstreamError>(m, "NativeBitstreamError", PyExc_ValueError);
   m.def("encode_payload", &encode_payload);
   m.def("decode_payload", &decode_payload);
+  m.def("encode_update_payload", &encode_update_payload);
+  m.def("decode_update_payload", &decode_update_payload);
   m.def("levels_to_float", &levels_to_float);
   m.def("trellis_quantize", &trellis_quantize);
   m.def("scan_positions", &nnc::scan_positions);

@@ -13,6 +13,7 @@
 #include "engine.h"
 #include "param_opt.h"
 #include "scan.h"
+#include "temporal.h"
 
 namespace nnc {
 namespace {
@@ -74,7 +75,10 @@ void encode_tensor(ArithEncoder& enc, const int32_t* levels, const LayerParams& 
   for (Context& c : ctx) c.init(0);
 
   std::vector<uint8_t> zero_rows;
-  if (uses_row_skip_syntax(p, g)) {
+  const bool row_syntax = uses_row_skip_syntax(p, g);
+  const bool hdsp = row_syntax && p.parent_present && opt.hdsp;
+  if (row_syntax) {
+    if (p.parent_present) enc.encode_bypass(hdsp ? 1 : 0);  // hist_dep_sig_prob_enabled_flag
     enc.encode_bypass(opt.row_skip ? 1 : 0);
     if (opt.row_skip) {
       zero_rows.assign(g.rows, 0);
@@ -87,9 +91,12 @@ void encode_tensor(ArithEncoder& enc, const int32_t* levels, const LayerParams& 
   }
   const uint8_t* skip = zero_rows.empty() ? nullptr : zero_rows.data();
 
-  const std::vector<EcoEntry> list = eco_list(L, p.dq, cb.active ? cb.size : 0, cb.zero);
+  const bool update = p.base != nullptr || hdsp;
+  const UpdateContexts uc{p.base, p.history, hdsp, p.num_gtx};
+  const std::vector<EcoEntry> list = eco_list(L, p.dq, cb.active ? cb.size : 0, cb.zero, p.base != nullptr, hdsp);
   std::vector<int> eco(list.size(), 0);
-  if (opt.param_opt && !(cb.active && cb.size == 1)) eco = choose_eco(levels, p, g, L, skip, list);
+  if (opt.param_opt && !(cb.active && cb.size == 1))
+    eco = update ? choose_eco_update(levels, p, g, L, skip, list, uc) : choose_eco(levels, p, g, L, skip, list);
   for (size_t i = 0; i < list.size(); ++i) {
     if (list[i].signalled) {
       enc.encode_bin(eco[i] != 0, ctx[L.eco_flag]);
@@ -121,16 +128,31 @@ void encode_tensor(ArithEncoder& enc, const int32_t* levels, const LayerParams& 
     nb = k;
     return p.dq ? static_cast<int>(kTrans[state][k & 1]) : state;
   };
+  auto visit_update = [&](int64_t pos, int state) {
+    const int64_t v = levels[pos];
+    const int64_t k = p.dq ? dq_level_from_index(v, state) : v;
+    if (!nothing_coded) {
+      const int nbc = neighbour_class(nb);
+      enc.encode_bin(k != 0, c[uc.sig(pos, state, nbc)]);
+      if (k != 0) encode_update_nonzero(enc, c, L, uc, k, nbc, uc.base_at(pos), cb);
+    }
+    nb = k;
+    return p.dq ? static_cast<int>(kTrans[state][k & 1]) : state;
+  };
   auto boundary = [&](int state) {
     for (Context& x : ctx) x.reset();
     nb = 0;
     enc.reset_range();
     row_starts.push_back({enc.bit_position(), enc.low_byte(), static_cast<uint32_t>(state)});
   };
-  walk(g, skip, p.dq, visit, boundary);
+  if (update)
+    walk(g, skip, p.dq, visit_update, boundary);
+  else
+    walk(g, skip, p.dq, visit, boundary);
 }
 
-void decode_tensor(ArithDecoder& dec, const LayerParams& p, int32_t* out, std::vector<EntryPoint>* eps) {
+void decode_tensor(ArithDecoder& dec, const LayerParams& p, int32_t* out, std::vector<EntryPoint>* eps,
+                   bool* hdsp_flag) {
   const Geometry g = make_geometry(p);
   const Layout L(p.num_gtx);
   const CodebookLimits cb{p.profile == 1 && p.codebook_size > 0, p.codebook_size, p.codebook_zero_offset};
@@ -139,7 +161,10 @@ void decode_tensor(ArithDecoder& dec, const LayerParams& p, int32_t* out, std::v
 
   // The walk below writes every position of the coded rows; skipped rows are zero.
   std::vector<uint8_t> zero_rows;
-  if (uses_row_skip_syntax(p, g) && dec.decode_bypass()) {
+  const bool row_syntax = uses_row_skip_syntax(p, g);
+  const bool hdsp = row_syntax && p.parent_present && dec.decode_bypass();  // hist_dep_sig_prob_enabled_flag
+  *hdsp_flag = hdsp;
+  if (row_syntax && dec.decode_bypass()) {
     zero_rows.assign(g.rows, 0);
     for (int64_t y = 0; y < g.rows; ++y) {
       zero_rows[y] = static_cast<uint8_t>(dec.decode_bin(ctx[L.row_skip]));
@@ -148,7 +173,9 @@ void decode_tensor(ArithDecoder& dec, const LayerParams& p, int32_t* out, std::v
   }
   const uint8_t* skip = zero_rows.empty() ? nullptr : zero_rows.data();
 
-  for (const EcoEntry& e : eco_list(L, p.dq, cb.active ? cb.size : 0, cb.zero)) {
+  const bool update = p.base != nullptr || hdsp;
+  const UpdateContexts uc{p.base, p.history, hdsp, p.num_gtx};
+  for (const EcoEntry& e : eco_list(L, p.dq, cb.active ? cb.size : 0, cb.zero, p.base != nullptr, hdsp)) {
     int eco = 0;
     if (e.signalled && dec.decode_bin(ctx[L.eco_flag])) eco = 1 + static_cast<int>(dec.decode_bypass_bits(3));
     ctx[e.ctx].init(eco);
@@ -162,8 +189,12 @@ void decode_tensor(ArithDecoder& dec, const LayerParams& p, int32_t* out, std::v
   auto visit = [&](int64_t pos, int state) {
     const int nbc = neighbour_class(nb);
     int64_t k = 0;
-    if (!nothing_coded && dec.decode_bin<true>(c[Layout::kSig + Layout::kNeighbourClasses * state + nbc]))
+    if (update) {
+      if (!nothing_coded && dec.decode_bin(c[uc.sig(pos, state, nbc)]))
+        k = decode_update_nonzero(dec, c, L, uc, nbc, uc.base_at(pos), cb);
+    } else if (!nothing_coded && dec.decode_bin<true>(c[Layout::kSig + Layout::kNeighbourClasses * state + nbc])) {
       k = cb.active ? decode_codebook_nonzero(dec, c, L, nbc, cb) : decode_plain_nonzero(dec, c, L, nbc);
+    }
     nb = k;
     if (!p.dq) {
       out[pos] = static_cast<int32_t>(k);
@@ -222,7 +253,7 @@ DecodedPayload decode_payload(const uint8_t* data, size_t size, const LayerParam
     result.qp_delta = static_cast<int32_t>(raw) >= half ? static_cast<int32_t>(raw) - 2 * half
                                                         : static_cast<int32_t>(raw);
   }
-  decode_tensor(dec, p, out, &result.entry_points);
+  decode_tensor(dec, p, out, &result.entry_points, &result.hdsp);
   if (dec.decode_terminating() != 1)
     throw BitstreamError("terminating bin not found at the end of the CABAC payload (corrupt NDU)");
   result.consumed = dec.consumed();

@@ -16,6 +16,7 @@
 //   param_opt       NNCodec's ecoIdx choice by a pseudo-coding pass (§8.2)
 //   scan            geometry, parameter checks, scan order, row skipping walk (§3.3, §9, §10)
 //   dependent_quant DQ state machine, level/index mapping, trellis quantizer (§11)
+//   temporal        context choice and level binarization of difference updates (TCA, HDSP; spec §6, §13)
 //   nnc_core        one tensor in an NDU codeword, entry points, encode_payload / decode_payload (§3, App. C/D)
 #pragma once
 
@@ -49,12 +50,18 @@ struct LayerParams {
   int codebook_zero_offset = 0;
   bool has_qp = false;       // PT_FLOAT: qp delta as EP(qp_bits) precedes the tensor
   int qp_bits = 8;           // 6 + qp_density
+  // Difference updates (profile 1, spec §13; see temporal.h). parent_present: the NDU carries
+  // parent_node_id_present_flag = 1, so hist_dep_sig_prob_enabled_flag is coded before the row-skip syntax.
+  bool parent_present = false;
+  const int32_t* base = nullptr;    // TCA: the parent's stored integers, same size as the tensor (nullptr: off)
+  const int8_t* history = nullptr;  // HDSP: 1 where an earlier update was nonzero (nullptr: an all-zero mask)
 };
 
 struct EncodeOptions {
   bool row_skip = true;      // profile 1: signal all-zero rows
   bool param_opt = true;     // NNCodec's ecoIdx choice (spec §8.2); false: all ecoIdx 0
   int32_t qp_delta = 0;      // qp - quantization_parameter (written when params.has_qp)
+  bool hdsp = false;         // hist_dep_sig_prob_enabled_flag to write (needs params.parent_present)
 };
 
 // One entry of cabac_entry_point_list (spec §2.10, §9.4).
@@ -72,6 +79,7 @@ struct EncodedPayload {
 struct DecodedPayload {
   int32_t qp_delta = 0;
   size_t consumed = 0;       // bytes consumed including the terminating bin
+  bool hdsp = false;         // hist_dep_sig_prob_enabled_flag read from the payload
   std::vector<EntryPoint> entry_points;
 };
 

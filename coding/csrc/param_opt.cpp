@@ -337,4 +337,88 @@ std::vector<int> choose_eco(const int32_t* levels, const LayerParams& p, const G
   return out;
 }
 
+std::vector<int> choose_eco_update(const int32_t* levels, const LayerParams& p, const Geometry& g, const Layout& L,
+                                   const uint8_t* zero_rows, const std::vector<EcoEntry>& list,
+                                   const UpdateContexts& uc) {
+  // Bins are collected per context and replayed in runs: contexts are independent, so only the order of each
+  // context's own bins matters.
+  std::vector<CandidateStates> states(L.size);
+  for (CandidateStates& c : states) {
+    c.reset_states();
+    std::fill(c.acc, c.acc + kNumEco, 0);
+  }
+  std::vector<std::vector<uint8_t>> runs(L.size);
+  auto flush = [&](int ctx) {
+    std::vector<uint8_t>& r = runs[ctx];
+    states[ctx].replay(r.data(), static_cast<int64_t>(r.size()));
+    r.clear();
+  };
+  auto bin = [&](int ctx, int b) {
+    std::vector<uint8_t>& r = runs[ctx];
+    r.push_back(static_cast<uint8_t>(b));
+    if (static_cast<int64_t>(r.size()) == kMaxRun) flush(ctx);
+  };
+  const int N = L.num_gtx;
+  int64_t nb = 0;
+  auto visit = [&](int64_t pos, int state) {
+    const int64_t v = levels[pos];
+    const int nbc = neighbour_class(nb);
+    const int64_t b = uc.base_at(pos);
+    bin(uc.sig(pos, state, nbc), v != 0);
+    if (v != 0) {
+      const int neg = v < 0;
+      bin(UpdateContexts::sign(b, nbc), neg);
+      const int64_t a = neg ? -v : v;
+      int j = 0;
+      for (; j < N; ++j) {
+        const int flag = a > j + 1;
+        bin(uc.gtx(b, j, neg), flag);
+        if (!flag) break;
+      }
+      if (j == N) {
+        const int64_t rem = a - N - 1;
+        int64_t base = 0;
+        for (int t = 0; t < kMaxRemainderPrefix; ++t) {
+          const int more = rem >= base + (int64_t(1) << t);
+          bin(L.rem + t, more);
+          if (!more) break;
+          base += int64_t(1) << t;
+        }
+      }
+    }
+    nb = v;
+    if (!p.dq) return state;
+    return static_cast<int>(kTrans[state][dq_level_from_index(v, state) & 1]);
+  };
+  auto flush_all = [&] {
+    for (int c = 0; c < L.size; ++c)
+      if (!runs[c].empty()) flush(c);
+  };
+  walk(g, zero_rows, p.dq, visit, [&](int) {
+    flush_all();
+    for (CandidateStates& c : states) c.reset_states();
+  });
+  flush_all();
+  std::vector<int> out;
+  out.reserve(list.size());
+  for (const EcoEntry& e : list) {
+    if (!e.signalled) {
+      out.push_back(0);
+      continue;
+    }
+    const uint64_t* acc = states[e.ctx].acc;
+    int best = 0;
+    uint64_t cost = acc[0];
+    for (int k = 1; k < kNumEco; ++k) {
+      const uint64_t c = acc[k] + 3 * 32768;
+      if (c < cost) {
+        best = k;
+        cost = c;
+      }
+    }
+    out.push_back(best);
+  }
+  return out;
+}
+
 }  // namespace nnc::detail

@@ -24,6 +24,9 @@ void check_params(const LayerParams& p) {
                               (p.codebook_zero_offset < 0 || p.codebook_zero_offset >= p.codebook_size)))
     throw UsageError("codebook zero offset must lie in [0, codebook_size)");
   if (p.has_qp && (p.qp_bits < 6 || p.qp_bits > 13)) throw UsageError("qp delta width must be 6..13 bits");
+  if ((p.parent_present || p.base || p.history) && p.profile != 1)
+    throw UsageError("parent signalling, TCA and HDSP need general_profile_idc 1");
+  if (p.base && !p.parent_present) throw UsageError("TCA (a base tensor) needs parent_present");
 }
 
 Geometry make_geometry(const LayerParams& p) {
