@@ -23,7 +23,8 @@ files written) travels in the Lightning checkpoint, so a run resumed with ``ckpt
 sequence with the same bytes as an uninterrupted run. Updates are made in ``on_train_epoch_end``, before
 Lightning's ``ModelCheckpoint`` saves at the end of a training epoch (its default when validation runs every
 epoch); a checkpoint saved earlier in the epoch (``check_val_every_n_epoch > 1`` saves in
-``on_validation_end``) does not include that epoch's update, and a run resumed from it writes that update again.
+``on_validation_end``) does not include that epoch's update, and a run resumed from it writes that update
+again.
 
 Only the global-zero rank quantizes, codes and writes (every rank holds the same weights under DDP).
 """
@@ -89,7 +90,8 @@ class NNCUpdates(Callback):
         check_int("bits", bits, 2)
         check_int("nonweight_bits", nonweight_bits, 2)
         if bits > 8 or nonweight_bits > 8:
-            raise ValueError(f"`bits` and `nonweight_bits` must be in 2..8, got {bits!r} and {nonweight_bits!r}")
+            raise ValueError(f"`bits` and `nonweight_bits` must be in 2..8, got {bits!r} and "
+                             f"{nonweight_bits!r}")
         check_number("lam", lam, 0.0)
         check_number("nonweight_lam", nonweight_lam, 0.0)
         check_int("qp_density", qp_density, 0)
@@ -153,7 +155,8 @@ class NNCUpdates(Callback):
             try:
                 probe.parent.mkdir(parents=True, exist_ok=True)
             except OSError as error:
-                raise ValueError(f"NNCUpdates: cannot create the folder of {str(probe)!r}: {error}") from error
+                raise ValueError(f"NNCUpdates: cannot create the folder of {str(probe)!r}: "
+                                 f"{error}") from error
             if not os.access(probe.parent, os.W_OK | os.X_OK):
                 raise ValueError(f"NNCUpdates: the folder {str(probe.parent)!r} is not writable")
         coding.load_native()  # a missing compiler fails here, before training
