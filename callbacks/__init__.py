@@ -7,6 +7,7 @@ from ecqx.callbacks._base import QuantizationCallback, find_quantization_callbac
 from ecqx.callbacks.ec2t import EC2T
 from ecqx.callbacks.ecq import ECQ, ECQx
 from ecqx.callbacks.nnc_export import ExportResult, NNCExport
+from ecqx.callbacks.nnc_updates import NNCUpdates
 from ecqx.callbacks.rate_distortion import RateDistortion, plot_rate_distortion
 
 __all__ = [
@@ -14,6 +15,7 @@ __all__ = [
     "ECQx",
     "EC2T",
     "NNCExport",
+    "NNCUpdates",
     "RateDistortion",
     "ExportResult",
     "QuantizationCallback",

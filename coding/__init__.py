@@ -11,7 +11,7 @@ from ecqx.coding.model import decode_state_dict, encode_state_dict, load_nnc
 from ecqx.coding.native import load_native
 from ecqx.coding.quant import CodedTensor, QuantizedLevels, quantize_tensor, snap_step, step_size
 from ecqx.coding.sizes import float32_bytes
-from ecqx.coding.updates import DecodedUpdateTensor, UpdateDecoder, UpdateEncoder
+from ecqx.coding.updates import DecodedUpdateTensor, UpdateDecoder, UpdateEncoder, apply_updates
 
 __all__ = [
     "BitstreamError",
@@ -23,6 +23,7 @@ __all__ = [
     "QuantizedLevels",
     "UpdateDecoder",
     "UpdateEncoder",
+    "apply_updates",
     "decode",
     "decode_state_dict",
     "decode_levels",

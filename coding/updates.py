@@ -21,7 +21,8 @@ This module only imports torch/numpy and the codec's own layers (DESIGN.md §1).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+import os
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,6 +33,7 @@ from ecqx.coding.common import DEFAULT_MAX_ELEMENTS
 from ecqx.coding.decoder import MAX_POSITIONS_PER_BYTE, PAYLOAD_SLACK_BYTES
 from ecqx.coding.errors import BitstreamError
 from ecqx.coding.hls import NduHeader, PayloadType
+from ecqx.coding.model import decode_state_dict
 from ecqx.coding.native import load_native
 from ecqx.coding.quant import MAX_QP_DENSITY, quantize_tensor, step_size
 
@@ -650,3 +652,60 @@ class UpdateDecoder:
         """Decodes one update to {name: tensor} (float32 levels · Δ; int32 for integer tensors). Tensors the
         update does not carry (all zero at the encoder) are absent, as in NNCodec's decoder."""
         return {name: t.values() for name, t in self.decode_levels(data).items()}
+
+
+# ------------------------------------------------------------------------------------------------ rebuild
+def _update_bytes(source: object, index: int) -> bytes:
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return bytes(source)
+    if isinstance(source, (str, os.PathLike)):
+        with open(source, "rb") as handle:
+            return handle.read()
+    raise TypeError(f"update {index}: expected bytes or a file path, got {type(source).__name__}")
+
+
+def apply_updates(
+    base: Mapping[str, torch.Tensor] | bytes | str | os.PathLike,
+    updates: Iterable[bytes | str | os.PathLike],
+    *,
+    decoder: UpdateDecoder | None = None,
+) -> dict[str, torch.Tensor]:
+    """Rebuilds a model from its base and a sequence of difference updates, in order.
+
+    ``base`` is a state_dict, or the bytes or path of an ``.nnc`` file (decoded with
+    :func:`ecqx.coding.decode_state_dict`); ``updates`` are the bytes or paths of the update bitstreams of one
+    :class:`UpdateEncoder`. Float tensors are held as float32 and each update is added as
+    ``tensor + float32(level) · Δ`` (exactly what the sender that produced the updates accounts for), integer
+    tensors as int64 plus the decoded integers. Tensors an update does not carry stay as they are. Pass
+    ``decoder`` to continue a sequence that an earlier call (or an earlier run) started; it is advanced.
+
+    Raises :class:`BitstreamError` for a corrupt update or one that does not follow the previous ones, and
+    ``ValueError`` for an update tensor that the base does not have or whose shape differs.
+    """
+    if isinstance(base, Mapping):
+        state = dict(base)
+    else:
+        state = decode_state_dict(base)
+    out: dict[str, torch.Tensor] = {}
+    for name, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"base entry {name!r} is a {type(value).__name__}, not a torch.Tensor")
+        value = value.detach().to("cpu")
+        out[name] = value.to(torch.float32 if value.is_floating_point() else torch.int64).clone()
+    decoder = UpdateDecoder() if decoder is None else decoder
+    for index, source in enumerate(updates):
+        decoded = decoder.decode(_update_bytes(source, index))
+        for name, values in decoded.items():
+            if name not in out:
+                raise ValueError(f"update {index}: tensor {name!r} is not in the base")
+            target = out[name]
+            if values.numel() != target.numel() or (values.dim() > 0 and target.dim() > 0
+                                                    and tuple(values.shape) != tuple(target.shape)):
+                raise ValueError(f"update {index}: tensor {name!r} has shape {tuple(values.shape)}, the "
+                                 f"base has {tuple(target.shape)}")
+            values = values.reshape(target.shape)
+            if target.is_floating_point():
+                out[name] = target + values.to(torch.float32)
+            else:
+                out[name] = target + values.to(torch.int64)
+    return out

@@ -11,6 +11,7 @@ This package is the pure tensor maths; the codec is :mod:`ecqx.coding`, the Ligh
 * :func:`weight_relevances` — LRP weight relevances (zennit) or gradient×weight (captum) for ECQx;
 * :func:`assign` — the entropy-constrained (ECQ/ECQx) re-assignment; EC2T in :mod:`ecqx.ec2t`;
 * :class:`QuantizedTensor` — integer levels + qp for the codec; :func:`quantize` — one-shot quantization;
+* :class:`UpdateQuantizer` — ECQ of model updates with error feedback, on NNC steps;
 * :func:`load` — a model from an ``.nnc`` file (the codec's :func:`ecqx.coding.load_nnc`).
 """
 
@@ -24,6 +25,7 @@ from ecqx.relevance import weight_relevances
 from ecqx.ste import make_shadow, ste_gradient
 from ecqx.stepsize import nnc_step_size, snap_step
 from ecqx.targets import DEFAULT_MODULE_TYPES, select_targets
+from ecqx.updates import UpdateQuantizer, update_grid
 
 
 def load(module, source, *, strict: bool = True, workers: int = 1):
@@ -42,5 +44,5 @@ __all__ = [
     "Assignment", "Grid", "QuantizedTensor", "assign", "cluster_pmf", "ec_assign", "export_levels",
     "information_content", "lambda_max", "levels_of", "load", "make_shadow", "nnc_step_size", "quantize",
     "select_targets", "size_decay", "snap_grid", "snap_step", "ste_gradient", "uniform_grid", "values_of",
-    "QuantizerGroup", "TernaryGroup", "UniformGroup", "weight_relevances",
+    "QuantizerGroup", "TernaryGroup", "UniformGroup", "UpdateQuantizer", "update_grid", "weight_relevances",
 ]

@@ -10,7 +10,8 @@ import yaml
 from ecqx.training.cli import default_config_path, main
 
 RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
-RECIPES = sorted(RECIPES_DIR.glob("*.yaml"))
+# federated_* recipes run with `ecqx federate` (tests/test_federated.py), not with LightningCLI
+RECIPES = sorted(p for p in RECIPES_DIR.glob("*.yaml") if not p.stem.startswith("federated_"))
 # The recipes that the issue asks for (one file per experiment).
 EXPECTED = {
     "digits_mlp_ecqx4",

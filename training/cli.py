@@ -59,6 +59,7 @@ __all__ = [
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test")
 TOOL_COMMANDS = ("compress", "inspect", "decode")
+FEDERATE_COMMAND = "federate"
 DEFAULT_CONFIG = "default.yaml"
 _EPILOG = (
     "file commands (no training): 'ecqx compress MODEL.pt -o MODEL.nnc', 'ecqx inspect FILE.nnc', "
@@ -87,6 +88,9 @@ file commands (no training):
   compress   quantize a saved state_dict without data and write it as an .nnc file
   inspect    per-tensor table of an .nnc file
   decode     decode an .nnc file into a state_dict file
+
+federated learning (needs the [federated] extra):
+  federate   FedAvg on Flower with NNC-coded updates: --config RECIPE.yaml [--results FILE.json]
 
 'ecqx <command> --help' shows the options of a command.
 """
@@ -395,6 +399,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0 if argv else 2
     if argv and argv[0] in TOOL_COMMANDS:
         return run_tool(argv)
+    if argv[0] == FEDERATE_COMMAND:
+        from ecqx.training.federated import main as federate_main  # needs the [federated] extra (flwr)
+
+        return federate_main(argv[1:])
     run_lightning(argv)
     return 0
 
