@@ -162,10 +162,10 @@ def _resnet20_profile(method: str | None):
 
 
 @pytest.mark.slow
-# ECQx misses the 2.5× target: the reference's β search (up to 51 sequential trials, spec §3.5) runs
-# for all tensors in lock step without asking the host whether they are done, 50 trials of ~27 operations,
-# which alone is ~2.9× a plain step's operations here. The bound guards the measured 5.1× against regressions.
-@pytest.mark.parametrize(("method", "bound"), [("ecq", 1.5), ("ec2t", 1.5), ("ecqx", 5.5)])
+# ECQx's β search still runs the reference's 50 sequential trials without asking the host whether they are
+# done, but each trial is 4 operations on per-tensor values (the per-weight work is a fixed threshold search,
+# ecqx.grouped._beta_search): measured 2.49× plain, within the 2.5× target with no room to spare.
+@pytest.mark.parametrize(("method", "bound"), [("ecq", 1.5), ("ec2t", 1.5), ("ecqx", 2.5)])
 def test_resnet20_batch16_top_level_ops_vs_plain(method, bound):
     profile, plain = resnet20_profile(method), resnet20_profile(None)
     ratio = profile.top_level_ops / plain.top_level_ops
