@@ -5,7 +5,8 @@
 #
 #   bash benchmarks/gpu_issue9.sh SHARED_DIR OUT_DIR [--limit]
 #
-# SHARED_DIR holds data/cifar10-jpeg and models/resnet20.pt. OUT_DIR receives bench_step_<device>.{json,md},
+# SHARED_DIR holds data/cifar10-jpeg and models/resnet20.pt. OUT_DIR receives check_exp_monotone.txt,
+# bench_step_<device>.{json,md},
 # proof_runs/ (one JSON per run and summary.md, logs) and timing.txt. --limit: a short bench_step run and
 # 1-epoch proof runs on 256 samples, to check the script on a CPU before spending device time.
 set -euo pipefail
@@ -23,6 +24,9 @@ if [ "$LIMIT" = "--limit" ]; then
   BENCH+=(--limit --models resnet20)
   PROOF=(--epochs 1 --limit 256)
 fi
+# the grouped ECQx β search is exact only if float32 exp is monotone on this device (checked on CPUs)
+python "$REPO/benchmarks/check_exp_monotone.py" --device "$DEVICE" > "$OUT/check_exp_monotone.txt" 2>&1 \
+  || echo "check_exp_monotone FAILED (see check_exp_monotone.txt)" | tee -a "$OUT/timing.txt"
 start=$(date +%s)
 python "$REPO/benchmarks/bench_step.py" "${BENCH[@]}" > "$OUT/bench_step.log" 2>&1 \
   || echo "bench_step FAILED (see bench_step.log)" | tee -a "$OUT/timing.txt"
