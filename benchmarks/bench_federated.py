@@ -1,12 +1,15 @@
-"""Federated averaging on MNIST / LeNet-5: bytes per round with NNC-coded updates vs float32 FedAvg.
+"""Federated averaging on MNIST / LeNet-5: bytes and accuracy of NNC-coded FedAvg vs float32 FedAvg.
 
-Runs ``ecqx federate`` with ``recipes/federated_mnist_lenet5.yaml`` (10 clients, Dirichlet α = 0.5, one local
-epoch, 4-bit ECQ updates upstream, base model then 6-bit updates downstream) for ``--rounds`` rounds on the
-shared MNIST copy and writes ``benchmarks/results/bench_federated.json`` and ``.md``: per round the bytes sent
-upstream (all clients), downstream (stream × clients), what float32 FedAvg sends (the model in float32 to and
-from every client) and the server-side test accuracy of the aggregate; plus totals.
+Runs ``ecqx federate --baseline true`` with ``recipes/federated_mnist_lenet5.yaml`` (10 clients,
+Dirichlet α = 0.5, one local epoch, 4-bit ECQ updates upstream, base model then 6-bit updates downstream)
+for ``--rounds`` rounds on the shared MNIST copy: the NNC-coded run and the float32 FedAvg run of the same
+loop (same clients, split, seeds and rounds; float32 parameters both ways). Writes
+``benchmarks/results/bench_federated.json``, ``.md`` and ``.png``: per round the bytes sent upstream (all
+clients), downstream (stream × clients) and the server-side test accuracy of the aggregate for both runs;
+totals, the ratio of total bytes and the accuracy difference at the last round; the plot of test accuracy
+against cumulative bytes.
 
-    python benchmarks/bench_federated.py [--rounds 3] [--data /work/shared/data/mnist]
+    python benchmarks/bench_federated.py [--rounds 5] [--data /work/shared/data/mnist]
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -27,7 +31,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--data", default=os.environ.get("ECQX_SHARED", "/work/shared") + "/data/mnist")
     parser.add_argument("--out", default=str(RESULTS / "bench_federated"))
     args = parser.parse_args()
@@ -35,31 +39,50 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "r.json"
         federate(["--config", str(RECIPE), "--results", str(raw), "--federated.rounds", str(args.rounds),
-                  "--data.init_args.root", args.data])
+                  "--data.init_args.root", args.data, "--baseline", "true"])
         report = json.loads(raw.read_text())
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(raw.with_suffix(".png"), out.with_suffix(".png"))
     report["seconds"] = round(time.perf_counter() - start, 1)
     report["recipe"] = str(RECIPE.relative_to(ROOT))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    base = report["baseline"]
+    nnc_total = report["total_bytes_up"] + report["total_bytes_down"]
+    f32_total = base["total_bytes_up"] + base["total_bytes_down"]
+    report["total_bytes_nnc"] = nnc_total
+    report["total_bytes_float32_fedavg"] = f32_total
+    report["bytes_ratio_nnc_over_float32"] = nnc_total / f32_total
+    last, base_last = report["rounds"][-1], base["rounds"][-1]
+    report["last_round_accuracy_difference"] = last["accuracy"] - base_last["accuracy"]
     lines = [
         "# Federated MNIST / LeNet-5: NNC-coded FedAvg vs float32 FedAvg",
         "",
         f"`{report['recipe']}`, {report['config']['clients']} clients, Dirichlet α = "
         f"{report['config']['alpha']}, {report['config']['local_epochs']} local epoch(s) per round, "
         f"upstream {report['config']['up_bits']}-bit ECQ (Λ {report['config']['up_lam']}), downstream "
-        f"{report['config']['down_bits']}-bit; {report['seconds']} s on this machine's CPUs.",
+        f"{report['config']['down_bits']}-bit; float32 FedAvg: the same loop, clients, split, seeds and "
+        f"rounds with float32 parameters both ways (4 bytes × values × clients × 2 per round); both runs "
+        f"{report['seconds']} s on this machine's CPUs. Plot: `bench_federated.png`.",
         "",
-        "| round | bytes up | bytes down | float32 FedAvg bytes | NNC / float32 | test accuracy |",
-        "|---:|---:|---:|---:|---:|---:|",
+        "| round | NNC bytes up | NNC bytes down | NNC bytes | float32 FedAvg bytes | NNC / float32 "
+        "| NNC accuracy | float32 FedAvg accuracy |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for r in report["rounds"]:
-        nnc = r["bytes_up"] + r["bytes_down"]
-        lines.append(f"| {r['round']} | {r['bytes_up']} | {r['bytes_down']} | {r['float32_bytes']} | "
-                     f"{100 * nnc / r['float32_bytes']:.2f} % | {r['accuracy']:.4f} |")
-    total = report["total_bytes_up"] + report["total_bytes_down"]
-    lines.append(f"| total | {report['total_bytes_up']} | {report['total_bytes_down']} | "
-                 f"{report['total_float32_bytes']} | {100 * total / report['total_float32_bytes']:.2f} % | |")
+    for r, b in zip(report["rounds"], base["rounds"], strict=True):
+        nnc, f32 = r["bytes_up"] + r["bytes_down"], b["bytes_up"] + b["bytes_down"]
+        lines.append(f"| {r['round']} | {r['bytes_up']} | {r['bytes_down']} | {nnc} | {f32} | "
+                     f"{100 * nnc / f32:.2f} % | {r['accuracy']:.4f} | {b['accuracy']:.4f} |")
+    lines.append(f"| total | {report['total_bytes_up']} | {report['total_bytes_down']} | {nnc_total} | "
+                 f"{f32_total} | {100 * nnc_total / f32_total:.2f} % | | |")
+    lines += [
+        "",
+        f"Total bytes NNC / float32 FedAvg: {nnc_total} / {f32_total} = "
+        f"{100 * report['bytes_ratio_nnc_over_float32']:.2f} % ({f32_total / nnc_total:.1f}× fewer). "
+        f"Test accuracy after round {last['round']}: NNC {last['accuracy']:.4f}, float32 FedAvg "
+        f"{base_last['accuracy']:.4f}, difference {100 * report['last_round_accuracy_difference']:+.2f} "
+        "percentage points.",
+    ]
+    out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -99,3 +99,35 @@ def test_federated_mnist_recipe_runs_one_small_round(shared_dir, tmp_path, monke
     assert main(argv) == 0
     rounds = json.loads(out.read_text())["rounds"]
     assert len(rounds) == 1 and rounds[0]["bytes_up"] < rounds[0]["float32_bytes"] / 2
+
+
+def test_federate_float32_baseline_counts_float32_bytes_and_writes_plot(tmp_path, capsys):
+    recipe = tmp_path / "fed.yaml"
+    config = {**DIGITS, "federated": {**DIGITS["federated"], "rounds": 2, "clients": 2,
+                                      "limit_train_batches": 3}}
+    recipe.write_text(yaml.safe_dump(config))
+    results = tmp_path / "fed.json"
+    assert main(["federate", "--config", str(recipe), "--results", str(results), "--baseline", "true"]) == 0
+    report = json.loads(results.read_text())
+    values = 64 * 32 + 32 + 32 * 10 + 10  # the MLP's state_dict
+    baseline = report["baseline"]["rounds"]
+    assert [r["round"] for r in baseline] == [1, 2]
+    for r in baseline:  # float32 both ways: 4 bytes × values × clients per direction
+        assert r["bytes_up"] == r["bytes_down"] == 4 * values * 2
+        assert r["bytes_up"] + r["bytes_down"] == r["float32_bytes"] == 4 * values * 2 * 2
+        assert 0 <= r["accuracy"] <= 1
+    totals = report["baseline"]["total_bytes_up"] + report["baseline"]["total_bytes_down"]
+    assert totals == 2 * 4 * values * 2 * 2  # two rounds
+    # the NNC run of the same loop sends far less
+    nnc = report["total_bytes_up"] + report["total_bytes_down"]
+    assert 0 < nnc < 0.5 * report["total_float32_bytes"]
+    png = results.with_suffix(".png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    assert "float32 FedAvg round 2:" in capsys.readouterr().out
+    # without --baseline: only the NNC run, and still the plot
+    plain = tmp_path / "plain.json"
+    assert main(["federate", "--config", str(recipe), "--results", str(plain)]) == 0
+    assert "baseline" not in json.loads(plain.read_text())
+    assert plain.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
+    # same loop, same seeds: the NNC run is unchanged by the baseline run beside it
+    assert json.loads(plain.read_text())["rounds"] == report["rounds"]

@@ -23,7 +23,13 @@ that each client must decode in order).
 The data is split non-IID: for every class, Dirichlet(α) proportions over the clients (``alpha``).
 Results (``--results FILE.json``): per round ``bytes_up`` (sum over clients), ``bytes_down`` (stream size ×
 clients), ``float32_bytes`` (what float32 FedAvg sends in that round: the model in float32 to and from
-every client) and ``accuracy``.
+every client) and ``accuracy``; next to it ``FILE.png``, the test accuracy against the cumulative bytes
+(up + down).
+
+Baseline (``--baseline``, or ``run_federated(..., float32=True)``): the same loop, clients, split, seeds and
+rounds with plain float32 FedAvg: no NNC coding, every parameter sent as float32 in both directions, so
+``bytes_up`` = ``bytes_down`` = 4 × values × clients per round. With ``--baseline`` the results hold it under
+``"baseline"`` and the plot shows both runs.
 """
 
 from __future__ import annotations
@@ -42,12 +48,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from ecqx import coding
-from ecqx.coding.files import write_bytes_atomic
+from ecqx.coding.files import atomic_write, write_bytes_atomic
 from ecqx.updates import UpdateQuantizer
 
 log = logging.getLogger(__name__)
 NNC_UPDATE = "nnc-update"
 NNC_MODEL = "nnc-model"
+FLOAT32 = "float32"  # tensor_type of the baseline: the state_dict values in order, as float32 arrays
 
 
 @dataclass
@@ -164,15 +171,24 @@ def _accuracy(module: torch.nn.Module, loader: DataLoader) -> float:
 
 
 # ------------------------------------------------------------------------------------------------ client
+def _float32_parameters(arrays: Sequence[np.ndarray]):
+    from flwr.common import ndarrays_to_parameters
+
+    parameters = ndarrays_to_parameters([np.asarray(a, dtype=np.float32) for a in arrays])
+    parameters.tensor_type = FLOAT32
+    return parameters
+
+
 def _make_client_class():
     from flwr.client import Client
-    from flwr.common import Code, FitIns, FitRes, Parameters, Status
+    from flwr.common import Code, FitIns, FitRes, Parameters, Status, parameters_to_ndarrays
 
     class NNCClient(Client):
         """A Flower client that receives NNC-coded global models and sends NNC-coded updates."""
 
         def __init__(self, cid: int, module: pl.LightningModule, loader: DataLoader, config: FederatedConfig):
             self.cid, self.template, self.loader, self.config = cid, module, loader, config
+            self.names = list(module.state_dict())
             self.down = coding.UpdateDecoder()
             self.held: dict[str, torch.Tensor] | None = None
             self.quantizer: UpdateQuantizer | None = None
@@ -182,7 +198,11 @@ def _make_client_class():
 
         def _receive(self, parameters: Parameters) -> None:
             data = parameters.tensors[0]
-            if parameters.tensor_type == NNC_MODEL:
+            if parameters.tensor_type == FLOAT32:
+                arrays = parameters_to_ndarrays(parameters)
+                self.held = _as_held({k: torch.from_numpy(np.asarray(a))
+                                      for k, a in zip(self.names, arrays, strict=True)})
+            elif parameters.tensor_type == NNC_MODEL:
                 self.held = _as_held(coding.decode_state_dict(data))
             elif parameters.tensor_type == NNC_UPDATE and self.held is not None:
                 self.held = coding.apply_updates(self.held, [data], decoder=self.down)
@@ -200,6 +220,11 @@ def _make_client_class():
                                  limit_train_batches=self.config.limit_train_batches)
             trainer.fit(module, train_dataloaders=self.loader)
             trained = _as_held(_cpu_state(module))
+            if ins.parameters.tensor_type == FLOAT32:  # baseline: the trained model as float32, no coding
+                arrays = [trained[k].to(torch.float32).numpy() for k in self.names]
+                return FitRes(status=Status(code=Code.OK, message=""),
+                              parameters=_float32_parameters(arrays), num_examples=len(self.loader.dataset),
+                              metrics={"bytes": sum(a.nbytes for a in arrays)})
             change = {k: trained[k] - self.held[k] for k in trained}
             if self.quantizer is None:  # error feedback over rounds: quantize the running sum of changes
                 zeros = {k: torch.zeros_like(v) for k, v in change.items()}
@@ -218,8 +243,11 @@ def _make_client_class():
 
 # ------------------------------------------------------------------------------------------------ server
 def run_federated(module: pl.LightningModule, datamodule: pl.LightningDataModule,
-                  config: FederatedConfig) -> list[RoundResult]:
-    """Runs ``config.rounds`` rounds of NNC-coded FedAvg (module docstring); returns the per-round results."""
+                  config: FederatedConfig, float32: bool = False) -> list[RoundResult]:
+    """Runs ``config.rounds`` rounds of NNC-coded FedAvg (module docstring); returns the per-round results.
+
+    ``float32=True``: the baseline, the same loop without NNC coding (float32 parameters both ways; the
+    bytes counted are 4 per value, per client and direction)."""
     from flwr.common import FitIns, FitRes, Parameters, ndarrays_to_parameters, parameters_to_ndarrays
     from flwr.server.strategy import FedAvg
 
@@ -248,27 +276,37 @@ def run_federated(module: pl.LightningModule, datamodule: pl.LightningDataModule
                                      nonweight_bits=config.nonweight_bits, qp_density=config.qp_density)
     down_encoder = coding.UpdateEncoder(qp_density=config.qp_density, tca=config.tca,
                                         row_skipping=config.row_skipping)
-    global_state = held
+    global_state = _as_held(template_state) if float32 else held
     evaluator = copy.deepcopy(module)
-    float32 = coding.float32_bytes(template_state)
+    model_float32 = coding.float32_bytes(template_state)
     results = []
     for rnd in range(1, config.rounds + 1):
-        if rnd == 1:
-            down = Parameters(tensors=[base], tensor_type=NNC_MODEL)
+        if float32:
+            down = _float32_parameters([global_state[k].to(torch.float32).numpy() for k in names])
+            bytes_down = model_float32 * len(clients)
+            held = {k: v.clone() for k, v in global_state.items()}
         else:
-            down = Parameters(tensors=[down_encoder.encode(down_quantizer.quantize(global_state))],
-                              tensor_type=NNC_UPDATE)
-        held = {k: v.clone() for k, v in down_quantizer.reference.items()}
+            if rnd == 1:
+                down = Parameters(tensors=[base], tensor_type=NNC_MODEL)
+            else:
+                down = Parameters(tensors=[down_encoder.encode(down_quantizer.quantize(global_state))],
+                                  tensor_type=NNC_UPDATE)
+            bytes_down = len(down.tensors[0]) * len(clients)
+            held = {k: v.clone() for k, v in down_quantizer.reference.items()}
         fit_results = []
         bytes_up = 0
         for cid, client in enumerate(clients):
             res = client.fit(FitIns(parameters=down, config={"round": rnd}))
-            data = res.parameters.tensors[0]
-            bytes_up += len(data)
-            change = coding.apply_updates({k: torch.zeros_like(v) for k, v in held.items()}, [data],
-                                          decoder=up_decoders[cid])
-            # the server's view of the client model: what the client received plus its decoded change
-            estimate = [(held[k] + change[k]).numpy() for k in names]
+            if float32:
+                estimate = parameters_to_ndarrays(res.parameters)
+                bytes_up += sum(np.asarray(a, dtype=np.float32).size * 4 for a in estimate)
+            else:
+                data = res.parameters.tensors[0]
+                bytes_up += len(data)
+                change = coding.apply_updates({k: torch.zeros_like(v) for k, v in held.items()}, [data],
+                                              decoder=up_decoders[cid])
+                # the server's view of the client model: what the client received plus its decoded change
+                estimate = [(held[k] + change[k]).numpy() for k in names]
             fit_results.append((None, FitRes(status=res.status, parameters=ndarrays_to_parameters(estimate),
                                               num_examples=res.num_examples, metrics=res.metrics)))
         aggregated, _ = strategy.aggregate_fit(rnd, fit_results, [])
@@ -278,11 +316,12 @@ def run_federated(module: pl.LightningModule, datamodule: pl.LightningDataModule
                         for k, a in zip(names, arrays, strict=True)}
         evaluator.load_state_dict(_to_module_dtypes(global_state, template_state), strict=True)
         accuracy = _accuracy(evaluator, test_loader)
-        result = RoundResult(round=rnd, bytes_up=bytes_up, bytes_down=len(down.tensors[0]) * len(clients),
-                             float32_bytes=2 * float32 * len(clients), accuracy=accuracy,
+        result = RoundResult(round=rnd, bytes_up=bytes_up, bytes_down=bytes_down,
+                             float32_bytes=2 * model_float32 * len(clients), accuracy=accuracy,
                              client_samples=[len(s) for s in shards])
-        log.info("round %d: up %d B, down %d B, float32 %d B, accuracy %.4f", rnd, result.bytes_up,
-                 result.bytes_down, result.float32_bytes, accuracy)
+        log.info("%sround %d: up %d B, down %d B, float32 %d B, accuracy %.4f",
+                 "float32 FedAvg " if float32 else "", rnd, result.bytes_up, result.bytes_down,
+                 result.float32_bytes, accuracy)
         results.append(result)
     return results
 
@@ -298,33 +337,96 @@ def _parser():
     parser.add_subclass_arguments(ClassificationModule, "model", required=True)
     parser.add_subclass_arguments(pl.LightningDataModule, "data", required=True)
     parser.add_class_arguments(FederatedConfig, "federated")
-    parser.add_argument("--results", type=str | None, default=None, help="write per-round results (JSON)")
+    parser.add_argument("--results", type=str | None, default=None,
+                        help="write per-round results (JSON) and the accuracy-vs-bytes plot (FILE.png)")
+    parser.add_argument("--baseline", type=bool, default=False,
+                        help="also run float32 FedAvg (same clients, split, seeds, rounds) for comparison")
     return parser
 
 
-def federate(argv: Sequence[str]) -> list[RoundResult]:
-    """Parses ``argv`` (``--config RECIPE.yaml [--results FILE.json] [--federated.rounds N ...]``), runs."""
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    parser = _parser()
-    cfg = parser.parse_args(list(argv))
-    pl.seed_everything(cfg.federated.seed, workers=True, verbose=False)  # the model's initial weights
-    init = parser.instantiate_classes(cfg)
-    config = init.federated
-    results = run_federated(init.model, init.data, config)
-    summary = {
+def _summary(config: FederatedConfig, results: Sequence[RoundResult]) -> dict:
+    return {
         "config": asdict(config),
         "rounds": [asdict(r) for r in results],
         "total_bytes_up": sum(r.bytes_up for r in results),
         "total_bytes_down": sum(r.bytes_down for r in results),
         "total_float32_bytes": sum(r.float32_bytes for r in results),
     }
+
+
+def accuracy_bytes_figure(runs: Mapping[str, Sequence[RoundResult]], title: str = "federated averaging"):
+    """A ``matplotlib.figure.Figure``: test accuracy after each round against the cumulative bytes sent
+    (up + down, all clients) for every run in ``runs`` (label → per-round results)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # no pyplot, no matplotlib.use()
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter
+
+    largest = max((sum(r.bytes_up + r.bytes_down for r in results) for results in runs.values()), default=0)
+    unit, scale = ("MiB", 2**20) if largest >= 2**20 else ("KiB", 2**10)
+    figure = Figure(figsize=(7.0, 5.0))
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    for index, (label, results) in enumerate(runs.items()):
+        sent = np.cumsum([r.bytes_up + r.bytes_down for r in results]) / scale
+        accuracy = [100 * r.accuracy for r in results]
+        axes.plot(sent, accuracy, "o-", color=f"C{index}",
+                  label=f"{label}: {sent[-1]:.3g} {unit} in {len(results)} rounds, "
+                        f"final accuracy {accuracy[-1]:.2f} %")
+        for r, x, y in zip(results, sent, accuracy, strict=True):
+            axes.annotate(str(r.round), (x, y), textcoords="offset points", xytext=(4, -11),
+                          fontsize="x-small", color=f"C{index}")
+    axes.set_xscale("log")
+    plain = FuncFormatter(lambda value, _: f"{value:g}")
+    axes.xaxis.set_major_formatter(plain)
+    axes.xaxis.set_minor_formatter(plain)
+    axes.tick_params(axis="x", which="minor", labelsize="x-small")
+    axes.set_xlabel(f"cumulative bytes sent, up + down, all clients [{unit}] (log scale)")
+    axes.set_ylabel("test accuracy [%]")
+    axes.set_title(title, fontsize="medium", fontweight="bold")
+    axes.grid(True, which="both", alpha=0.3)
+    axes.margins(x=0.08, y=0.1)
+    axes.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.16),  # outside: hides no point
+                title="numbers at the points: round", title_fontsize="x-small")
+    figure.tight_layout()
+    return figure
+
+
+def write_accuracy_bytes_plot(path: str | os.PathLike, runs: Mapping[str, Sequence[RoundResult]],
+                              title: str = "federated averaging") -> None:
+    """Writes :func:`accuracy_bytes_figure` as PNG, atomically."""
+    figure = accuracy_bytes_figure(runs, title)
+    atomic_write(path, lambda handle: figure.savefig(handle, format="png", dpi=120))
+
+
+def federate(argv: Sequence[str]) -> list[RoundResult]:
+    """Parses ``argv`` (``--config RECIPE.yaml [--results FILE.json] [--baseline true]
+    [--federated.rounds N ...]``), runs."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    parser = _parser()
+    cfg = parser.parse_args(list(argv))
+    pl.seed_everything(cfg.federated.seed, workers=True, verbose=False)  # the model's initial weights
+    init = parser.instantiate_classes(cfg)
+    config = init.federated
+    template = copy.deepcopy(init.model) if cfg.baseline else None  # the same initial weights for both
+    results = run_federated(init.model, init.data, config)
+    summary = _summary(config, results)
+    runs = {"NNC-coded FedAvg": results}
+    if cfg.baseline:
+        baseline = run_federated(template, init.data, config, float32=True)
+        summary["baseline"] = _summary(config, baseline) | {"mode": "float32 FedAvg"}
+        runs["float32 FedAvg"] = baseline
     if cfg.results:
         folder = os.path.dirname(os.path.abspath(cfg.results))
         os.makedirs(folder, exist_ok=True)
         write_bytes_atomic(cfg.results, (json.dumps(summary, indent=2) + "\n").encode())
+        stem, _ = os.path.splitext(cfg.results)
+        write_accuracy_bytes_plot(stem + ".png", runs,
+                                  title=f"FedAvg, {config.clients} clients, Dirichlet α = {config.alpha}")
     for r in results:
         print(f"round {r.round}: up {r.bytes_up} B, down {r.bytes_down} B, "
               f"float32 FedAvg {r.float32_bytes} B, accuracy {r.accuracy:.4f}")
+    for r in runs.get("float32 FedAvg", []):
+        print(f"float32 FedAvg round {r.round}: {r.bytes_up + r.bytes_down} B, accuracy {r.accuracy:.4f}")
     return results
 
 
@@ -337,4 +439,5 @@ def main(argv: Sequence[str]) -> int:
     return 0
 
 
-__all__ = ["FederatedConfig", "RoundResult", "dirichlet_split", "federate", "main", "run_federated"]
+__all__ = ["FederatedConfig", "RoundResult", "accuracy_bytes_figure", "dirichlet_split", "federate", "main",
+           "run_federated", "write_accuracy_bytes_plot"]
