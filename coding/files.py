@@ -76,7 +76,7 @@ def _copy_mode(target: str, temp_path: str) -> None:
     try:
         mode = stat.S_IMODE(os.stat(target).st_mode)
     except FileNotFoundError:
-        return  # a new file keeps the umask-based mode it was created with
+        return  # a new file: its mode is the umask-based one from os.open
     os.chmod(temp_path, mode)
 
 

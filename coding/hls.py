@@ -498,7 +498,7 @@ class StateDictMetadata:
     scalar: list[str]
     names: list[str] | None  # every entry of the state_dict, in order, where the stream lists them
     empty: list[EmptyEntry] = field(default_factory=list)
-    count: int | None = None  # number of NDUs the stream was written with
+    count: int | None = None  # number of NDUs the complete stream holds
     last: str | None = None  # name of its last NDU
 
     def declared(self) -> list[str]:

@@ -152,7 +152,7 @@ def test_export_path_problems_fail_before_training(tmp_path):
     with pytest.raises(ValueError, match=r"cannot create the folder of `path`"):
         tiny_trainer([NNCExport(blocker / "m.nnc", evaluate=False)], max_epochs=1).fit(module,
                                                                                         synthetic_loader())
-    assert module.trainer.global_step == 0  # nothing was trained
+    assert module.trainer.global_step == 0  # the check fails before the first training step
 
 
 def test_export_without_its_evaluation_loader_fails_before_training(tmp_path):

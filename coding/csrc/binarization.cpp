@@ -44,6 +44,18 @@ void encode_remainder(ArithEncoder& enc, Context* ctx, const Layout& L, int64_t 
   enc.encode_bypass_bits(static_cast<uint32_t>(rem - base), t);
 }
 
+int64_t decode_remainder(ArithDecoder& dec, Context* ctx, const Layout& L, int64_t bound) {
+  int64_t base = 0;
+  int t = 0;
+  while (t < kMaxRemainderPrefix) {
+    if (!dec.decode_bin(ctx[L.rem + t])) break;
+    base += int64_t(1) << t;
+    ++t;
+    if (base + (int64_t(1) << t) > bound) break;
+  }
+  return base + dec.decode_bypass_bits(t);
+}
+
 void encode_nonzero_level(ArithEncoder& enc, Context* ctx, const Layout& L, int64_t k, int nbc,
                           const CodebookLimits& cb) {
   const int neg = k < 0;
@@ -81,16 +93,7 @@ int64_t decode_codebook_nonzero(ArithDecoder& dec, Context* ctx, const Layout& L
       a += flag;
       if (!flag || a >= max_abs) break;
     }
-    if (flag && a < max_abs) {
-      int t = 0;
-      while (t < kMaxRemainderPrefix) {
-        if (!dec.decode_bin(ctx[L.rem + t])) break;
-        a += int64_t(1) << t;
-        ++t;
-        if (a + (int64_t(1) << t) > max_abs) break;
-      }
-      a += dec.decode_bypass_bits(t);
-    }
+    if (flag && a < max_abs) a += decode_remainder(dec, ctx, L, max_abs - a);
   }
   if (a > max_abs) throw BitstreamError("decoded codebook index outside the codebook");
   return neg ? -a : a;

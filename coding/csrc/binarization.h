@@ -62,6 +62,9 @@ std::vector<EcoEntry> eco_list(const Layout& L, bool dq, int cb_size, int cb_zer
 __attribute__((noinline)) void encode_remainder(ArithEncoder& enc, Context* ctx, const Layout& L, int64_t rem,
                                                 int64_t bound);
 
+// The remainder encode_remainder wrote, with the same bound.
+int64_t decode_remainder(ArithDecoder& dec, Context* ctx, const Layout& L, int64_t bound);
+
 // Rest of a non-zero level after its significance bin, codebook-constrained variant (spec §7.2).
 void encode_nonzero_level(ArithEncoder& enc, Context* ctx, const Layout& L, int64_t k, int nbc,
                           const CodebookLimits& cb);

@@ -49,6 +49,17 @@ py::list entry_point_list(const std::vector<nnc::EntryPoint>& eps) {
   return out;
 }
 
+// Codes one payload with the GIL released; (payload bytes, entry points).
+py::tuple encode_without_gil(const int32_t* data, const nnc::LayerParams& p, const nnc::EncodeOptions& opt) {
+  nnc::EncodedPayload result;
+  {
+    py::gil_scoped_release release;
+    result = nnc::encode_payload(data, p, opt);
+  }
+  py::bytes payload(reinterpret_cast<const char*>(result.bytes.data()), result.bytes.size());
+  return py::make_tuple(payload, entry_point_list(result.entry_points));
+}
+
 py::tuple encode_payload(const torch::Tensor& levels, int64_t rows, int64_t width, int scan_order, bool dq,
                          int num_gtx, int profile, int cb_size, int cb_zero, bool has_qp, int qp_bits,
                          bool row_skip, bool param_opt, int32_t qp_delta) {
@@ -60,14 +71,7 @@ py::tuple encode_payload(const torch::Tensor& levels, int64_t rows, int64_t widt
   opt.row_skip = row_skip;
   opt.param_opt = param_opt;
   opt.qp_delta = qp_delta;
-  const int32_t* data = levels.data_ptr<int32_t>();
-  nnc::EncodedPayload result;
-  {
-    py::gil_scoped_release release;
-    result = nnc::encode_payload(data, p, opt);
-  }
-  py::bytes payload(reinterpret_cast<const char*>(result.bytes.data()), result.bytes.size());
-  return py::make_tuple(payload, entry_point_list(result.entry_points));
+  return encode_without_gil(levels.data_ptr<int32_t>(), p, opt);
 }
 
 py::tuple decode_payload(const py::bytes& data, torch::Tensor out, int64_t rows, int64_t width, int scan_order,
@@ -125,14 +129,7 @@ py::tuple encode_update_payload(const torch::Tensor& levels, int64_t rows, int64
   opt.param_opt = param_opt;
   opt.qp_delta = qp_delta;
   opt.hdsp = hdsp;
-  const int32_t* data = levels.data_ptr<int32_t>();
-  nnc::EncodedPayload result;
-  {
-    py::gil_scoped_release release;
-    result = nnc::encode_payload(data, p, opt);
-  }
-  py::bytes payload(reinterpret_cast<const char*>(result.bytes.data()), result.bytes.size());
-  return py::make_tuple(payload, entry_point_list(result.entry_points));
+  return encode_without_gil(levels.data_ptr<int32_t>(), p, opt);
 }
 
 py::tuple decode_update_payload(const py::bytes& data, torch::Tensor out, int64_t rows, int64_t width,

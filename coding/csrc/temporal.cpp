@@ -33,23 +33,12 @@ int64_t decode_update_nonzero(ArithDecoder& dec, Context* ctx, const Layout& L, 
   int64_t a = 1;
   if (max_abs > 1) {
     int flag = 0;
-    int j = 0;
-    for (; j < L.num_gtx; ++j) {
+    for (int j = 0; j < L.num_gtx; ++j) {
       flag = dec.decode_bin(ctx[uc.gtx(b, j, neg)]);
       a += flag;
       if (!flag || a >= max_abs) break;
     }
-    if (flag && a < max_abs) {
-      // remainder prefix (spec §7.1/§7.2): a 1 at position t adds 2^t; a codebook bound ends it early
-      int t = 0;
-      while (t < kMaxRemainderPrefix) {
-        if (!dec.decode_bin(ctx[L.rem + t])) break;
-        a += int64_t(1) << t;
-        ++t;
-        if (cb.active && a + (int64_t(1) << t) > max_abs) break;
-      }
-      a += dec.decode_bypass_bits(t);
-    }
+    if (flag && a < max_abs) a += decode_remainder(dec, ctx, L, cb.active ? max_abs - a : kNoBound);
   }
   if (a > (cb.active ? max_abs : kMaxAbsLevel))
     throw BitstreamError(cb.active ? "decoded codebook index outside the codebook"
