@@ -39,7 +39,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -114,6 +114,23 @@ class RoundResult:
     client_samples: list[int] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class UpdateRecord:
+    """One NNC difference update as sent: ``direction`` "up" (client ``sender``) or "down" (server,
+    ``sender`` None), the float ``difference`` that was quantized (current − what the receiver holds), the
+    quantized ``update`` given to the encoder and the coded ``data``."""
+
+    direction: str
+    round: int
+    sender: int | None
+    difference: dict[str, torch.Tensor]
+    update: dict
+    data: bytes
+
+
+UpdateObserver = Callable[[UpdateRecord], None]
+
+
 # ------------------------------------------------------------------------------------------------ data
 def dirichlet_split(labels: torch.Tensor, clients: int, alpha: float, seed: int = 0,
                     min_size: int = 1, attempts: int = 100) -> list[torch.Tensor]:
@@ -186,8 +203,10 @@ def _make_client_class():
     class NNCClient(Client):
         """A Flower client that receives NNC-coded global models and sends NNC-coded updates."""
 
-        def __init__(self, cid: int, module: pl.LightningModule, loader: DataLoader, config: FederatedConfig):
+        def __init__(self, cid: int, module: pl.LightningModule, loader: DataLoader, config: FederatedConfig,
+                     observer: UpdateObserver | None = None):
             self.cid, self.template, self.loader, self.config = cid, module, loader, config
+            self.observer = observer
             self.names = list(module.state_dict())
             self.down = coding.UpdateDecoder()
             self.held: dict[str, torch.Tensor] | None = None
@@ -233,7 +252,12 @@ def _make_client_class():
                                                  qp_density=self.config.qp_density)
                 self.sent_total = zeros
             self.sent_total = {k: self.sent_total[k] + change[k] for k in change}
-            data = self.encoder.encode(self.quantizer.quantize(self.sent_total))
+            difference = self.quantizer.residual(self.sent_total)
+            update = self.quantizer.quantize(self.sent_total)
+            data = self.encoder.encode(update)
+            if self.observer is not None:
+                rnd = int(ins.config.get("round", 0))
+                self.observer(UpdateRecord("up", rnd, self.cid, difference, update, data))
             return FitRes(status=Status(code=Code.OK, message=""),
                           parameters=Parameters(tensors=[data], tensor_type=NNC_UPDATE),
                           num_examples=len(self.loader.dataset), metrics={"bytes": len(data)})
@@ -243,11 +267,14 @@ def _make_client_class():
 
 # ------------------------------------------------------------------------------------------------ server
 def run_federated(module: pl.LightningModule, datamodule: pl.LightningDataModule,
-                  config: FederatedConfig, float32: bool = False) -> list[RoundResult]:
+                  config: FederatedConfig, float32: bool = False,
+                  observer: UpdateObserver | None = None) -> list[RoundResult]:
     """Runs ``config.rounds`` rounds of NNC-coded FedAvg (module docstring); returns the per-round results.
 
     ``float32=True``: the baseline, the same loop without NNC coding (float32 parameters both ways; the
-    bytes counted are 4 per value, per client and direction)."""
+    bytes counted are 4 per value, per client and direction). ``observer``: called with an
+    :class:`UpdateRecord` for every NNC difference update sent (both directions), e.g. to code the same
+    updates with another codec."""
     from flwr.common import FitIns, FitRes, Parameters, ndarrays_to_parameters, parameters_to_ndarrays
     from flwr.server.strategy import FedAvg
 
@@ -263,7 +290,7 @@ def run_federated(module: pl.LightningModule, datamodule: pl.LightningDataModule
         loader = DataLoader(Subset(dataset, shard.tolist()), batch_size=train_loader.batch_size,
                             shuffle=True, collate_fn=train_loader.collate_fn,
                             generator=torch.Generator().manual_seed(config.seed + 1000 + cid))
-        clients.append(client_class(cid, module, loader, config))
+        clients.append(client_class(cid, module, loader, config, observer))
     strategy = FedAvg(fraction_fit=1.0, fraction_evaluate=0.0, min_fit_clients=config.clients,
                       min_available_clients=config.clients)
     up_decoders = [coding.UpdateDecoder() for _ in clients]
@@ -289,8 +316,11 @@ def run_federated(module: pl.LightningModule, datamodule: pl.LightningDataModule
             if rnd == 1:
                 down = Parameters(tensors=[base], tensor_type=NNC_MODEL)
             else:
-                down = Parameters(tensors=[down_encoder.encode(down_quantizer.quantize(global_state))],
-                                  tensor_type=NNC_UPDATE)
+                difference = down_quantizer.residual(global_state)
+                update = down_quantizer.quantize(global_state)
+                down = Parameters(tensors=[down_encoder.encode(update)], tensor_type=NNC_UPDATE)
+                if observer is not None:
+                    observer(UpdateRecord("down", rnd, None, difference, update, down.tensors[0]))
             bytes_down = len(down.tensors[0]) * len(clients)
             held = {k: v.clone() for k, v in down_quantizer.reference.items()}
         fit_results = []
@@ -439,5 +469,5 @@ def main(argv: Sequence[str]) -> int:
     return 0
 
 
-__all__ = ["FederatedConfig", "RoundResult", "accuracy_bytes_figure", "dirichlet_split", "federate", "main",
-           "run_federated", "write_accuracy_bytes_plot"]
+__all__ = ["FederatedConfig", "RoundResult", "UpdateRecord", "accuracy_bytes_figure", "dirichlet_split",
+           "federate", "main", "run_federated", "write_accuracy_bytes_plot"]
