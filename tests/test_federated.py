@@ -51,17 +51,36 @@ def test_federate_digits_two_rounds(tmp_path, capsys):
     report = json.loads(results.read_text())
     rounds = report["rounds"]
     assert [r["round"] for r in rounds] == [1, 2]
+    upstream_float32 = 3 * 4 * (64 * 32 + 32 + 32 * 10 + 10)  # the MLP's values from each of 3 clients
     for r in rounds:
         assert {"round", "bytes_up", "bytes_down", "float32_bytes", "accuracy"} <= set(r)
-        assert 0 < r["bytes_up"] < 0.25 * r["float32_bytes"] / 2  # < 25 % of float32 upstream
-        assert 0 < r["bytes_down"] < r["float32_bytes"] / 2
-    # float32 FedAvg: the MLP (64*32+32+32*10+10 values) to and from each of 3 clients
-    assert rounds[0]["float32_bytes"] == 2 * 3 * 4 * (64 * 32 + 32 + 32 * 10 + 10)
-    # round 2's downstream is a difference update, far smaller than round 1's base model
-    assert rounds[1]["bytes_down"] < 0.6 * rounds[0]["bytes_down"]
+        assert 0 < r["bytes_up"] < 0.25 * upstream_float32  # < 25 % of float32 upstream
+    # round 1: every participant builds the recipe's initial model, nothing goes downstream (in float32
+    # FedAvg neither); round 2: a difference update of the aggregate, both directions in float32 FedAvg
+    assert rounds[0]["bytes_down"] == 0 and rounds[0]["float32_bytes"] == upstream_float32
+    assert 0 < rounds[1]["bytes_down"] < 0.25 * upstream_float32
+    assert rounds[1]["float32_bytes"] == 2 * upstream_float32
     assert rounds[1]["accuracy"] > 0.3  # chance is 0.1
     assert sum(rounds[0]["client_samples"]) > 1000
     assert "round 2:" in capsys.readouterr().out
+
+
+def test_federate_initial_model_nnc_sends_the_base_then_smaller_updates(tmp_path):
+    recipe = tmp_path / "fed.yaml"
+    config = {**DIGITS, "federated": {**DIGITS["federated"], "clients": 2, "limit_train_batches": 3,
+                                      "initial_model": "nnc"}}
+    recipe.write_text(yaml.safe_dump(config))
+    results = tmp_path / "fed.json"
+    assert main(["federate", "--config", str(recipe), "--results", str(results), "--baseline", "true"]) == 0
+    report = json.loads(results.read_text())
+    values = 64 * 32 + 32 + 32 * 10 + 10
+    rounds = report["rounds"]
+    # round 1 carries the base model (the codec's default grid: over a tenth of float32), round 2 a
+    # difference update
+    assert 0.1 * 4 * values * 2 < rounds[0]["bytes_down"] < 4 * values * 2
+    assert 0 < rounds[1]["bytes_down"] < 0.6 * rounds[0]["bytes_down"]
+    assert all(r["float32_bytes"] == 2 * 4 * values * 2 for r in rounds)
+    assert [r["bytes_down"] for r in report["baseline"]["rounds"]] == [4 * values * 2] * 2
 
 
 def test_federate_is_deterministic(tmp_path):
@@ -112,12 +131,13 @@ def test_federate_float32_baseline_counts_float32_bytes_and_writes_plot(tmp_path
     values = 64 * 32 + 32 + 32 * 10 + 10  # the MLP's state_dict
     baseline = report["baseline"]["rounds"]
     assert [r["round"] for r in baseline] == [1, 2]
-    for r in baseline:  # float32 both ways: 4 bytes × values × clients per direction
-        assert r["bytes_up"] == r["bytes_down"] == 4 * values * 2
-        assert r["bytes_up"] + r["bytes_down"] == r["float32_bytes"] == 4 * values * 2 * 2
+    for r in baseline:  # float32: 4 bytes × values × clients per direction; round 1 upstream only
+        assert r["bytes_up"] == 4 * values * 2
+        assert r["bytes_down"] == (0 if r["round"] == 1 else 4 * values * 2)
+        assert r["bytes_up"] + r["bytes_down"] == r["float32_bytes"]
         assert 0 <= r["accuracy"] <= 1
     totals = report["baseline"]["total_bytes_up"] + report["baseline"]["total_bytes_down"]
-    assert totals == 2 * 4 * values * 2 * 2  # two rounds
+    assert totals == 3 * 4 * values * 2  # two rounds up, one down
     # the NNC run of the same loop sends far less
     nnc = report["total_bytes_up"] + report["total_bytes_down"]
     assert 0 < nnc < 0.5 * report["total_float32_bytes"]

@@ -2,8 +2,9 @@
 
 Each round
 
-1. **downstream**: the server sends the global model — round 1 the base as one ``.nnc`` bitstream
-   (:func:`ecqx.coding.encode_state_dict`), later rounds an NNC difference update of the new global model
+1. **downstream**: the server sends the global model — round 1 nothing (every participant builds the
+   recipe's initial model; with ``initial_model: nnc`` the base as one ``.nnc`` bitstream,
+   :func:`ecqx.coding.encode_state_dict`), later rounds an NNC difference update of the new global model
    against what the clients hold (:class:`ecqx.UpdateQuantizer`: ECQ with error feedback on NNC steps,
    :class:`ecqx.coding.UpdateEncoder`); every client decodes it with its own
    :class:`~ecqx.coding.UpdateDecoder`;
@@ -54,6 +55,7 @@ from ecqx.updates import UpdateQuantizer
 log = logging.getLogger(__name__)
 NNC_UPDATE = "nnc-update"
 NNC_MODEL = "nnc-model"
+RECIPE_MODEL = "recipe-model"  # round 1 without payload: every participant builds the recipe's initial model
 FLOAT32 = "float32"  # tensor_type of the baseline: the state_dict values in order, as float32 arrays
 
 
@@ -73,6 +75,10 @@ class FederatedConfig:
         qp_density, tca, row_skipping: NNC update coding settings.
         limit_train_batches: optional cap of local batches per epoch (Lightning's option).
         accelerator: Lightning accelerator of the client trainers.
+        initial_model: ``"recipe"``: every participant builds the initial model from the recipe (its
+            classes, checkpoint and ``seed``), so round 1 sends nothing downstream, in both runs;
+            ``"nnc"``: the server sends it in round 1 (NNC-coded, 16-bit non-weights; the float32 run sends
+            it as float32), for clients that cannot build it themselves.
     """
 
     clients: int = 10
@@ -90,12 +96,15 @@ class FederatedConfig:
     row_skipping: bool = True
     limit_train_batches: int | float | None = None
     accelerator: str = "cpu"
+    initial_model: str = "recipe"
 
     def __post_init__(self):
         for name in ("clients", "rounds", "local_epochs"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"federated.{name} must be an integer >= 1, got {value!r}")
+        if self.initial_model not in ("recipe", "nnc"):
+            raise ValueError(f"federated.initial_model must be 'recipe' or 'nnc', got {self.initial_model!r}")
         if not self.alpha > 0:
             raise ValueError(f"federated.alpha must be > 0, got {self.alpha!r}")
         for name in ("up_bits", "down_bits", "nonweight_bits"):
@@ -216,8 +225,10 @@ def _make_client_class():
             self.sent_total: dict[str, torch.Tensor] | None = None
 
         def _receive(self, parameters: Parameters) -> None:
-            data = parameters.tensors[0]
-            if parameters.tensor_type == FLOAT32:
+            data = parameters.tensors[0] if parameters.tensors else b""
+            if parameters.tensor_type == RECIPE_MODEL:
+                self.held = _as_held(_cpu_state(self.template))
+            elif parameters.tensor_type == FLOAT32:
                 arrays = parameters_to_ndarrays(parameters)
                 self.held = _as_held({k: torch.from_numpy(np.asarray(a))
                                       for k, a in zip(self.names, arrays, strict=True)})
@@ -297,8 +308,11 @@ def run_federated(module: pl.LightningModule, datamodule: pl.LightningDataModule
 
     template_state = _cpu_state(module)
     names = list(template_state)
-    base = coding.encode_state_dict(template_state, nonweight_bits=16)
-    held = _as_held(coding.decode_state_dict(base))  # what every client holds after the downstream
+    if config.initial_model == "nnc":
+        base = coding.encode_state_dict(template_state, nonweight_bits=16)
+        held = _as_held(coding.decode_state_dict(base))  # what every client holds after the downstream
+    else:
+        base, held = None, _as_held(template_state)
     down_quantizer = UpdateQuantizer(held, bits=config.down_bits, lam=config.down_lam,
                                      nonweight_bits=config.nonweight_bits, qp_density=config.qp_density)
     down_encoder = coding.UpdateEncoder(qp_density=config.qp_density, tca=config.tca,
@@ -308,13 +322,16 @@ def run_federated(module: pl.LightningModule, datamodule: pl.LightningDataModule
     model_float32 = coding.float32_bytes(template_state)
     results = []
     for rnd in range(1, config.rounds + 1):
-        if float32:
+        if rnd == 1 and base is None:
+            down = Parameters(tensors=[], tensor_type=RECIPE_MODEL)
+            bytes_down = 0
+        elif float32:
             down = _float32_parameters([global_state[k].to(torch.float32).numpy() for k in names])
             bytes_down = model_float32 * len(clients)
             held = {k: v.clone() for k, v in global_state.items()}
         else:
             if rnd == 1:
-                down = Parameters(tensors=[base], tensor_type=NNC_MODEL)
+                down = Parameters(tensors=[base], tensor_type=NNC_MODEL)  # config.initial_model == "nnc"
             else:
                 difference = down_quantizer.residual(global_state)
                 update = down_quantizer.quantize(global_state)
@@ -346,8 +363,9 @@ def run_federated(module: pl.LightningModule, datamodule: pl.LightningDataModule
                         for k, a in zip(names, arrays, strict=True)}
         evaluator.load_state_dict(_to_module_dtypes(global_state, template_state), strict=True)
         accuracy = _accuracy(evaluator, test_loader)
+        directions = 1 if rnd == 1 and base is None else 2  # round 1 of "recipe": upstream only
         result = RoundResult(round=rnd, bytes_up=bytes_up, bytes_down=bytes_down,
-                             float32_bytes=2 * model_float32 * len(clients), accuracy=accuracy,
+                             float32_bytes=directions * model_float32 * len(clients), accuracy=accuracy,
                              client_samples=[len(s) for s in shards])
         log.info("%sround %d: up %d B, down %d B, float32 %d B, accuracy %.4f",
                  "float32 FedAvg " if float32 else "", rnd, result.bytes_up, result.bytes_down,
