@@ -4,6 +4,7 @@ The C++ extension is built on first use (never at import); `python -m ecqx.codin
 """
 
 from ecqx.coding.api import DecodedTensor, decode, decode_levels, encode
+from ecqx.coding.blocks import fold_batch_norm
 from ecqx.coding.errors import BitstreamError, NativeBuildError
 from ecqx.coding.hls import PayloadType
 from ecqx.coding.inspect_stream import format_table, inspect_stream
@@ -30,6 +31,7 @@ __all__ = [
     "encode",
     "encode_state_dict",
     "float32_bytes",
+    "fold_batch_norm",
     "format_table",
     "inspect_stream",
     "load_nnc",

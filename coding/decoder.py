@@ -73,7 +73,7 @@ def _check_max_elements(max_elements: object) -> int:
 
 def _check_budget(ndus: list[hls.ParsedNdu], max_elements: int) -> None:
     """The whole stream's element count against the limit, from the headers, before anything is allocated."""
-    counts = [math.prod(ndu.header.dims) for ndu in ndus]
+    counts = [sum(math.prod(dims) for _, dims in ndu.header.tensors()) for ndu in ndus]
     total = sum(counts)
     if total <= max_elements:
         return
@@ -87,15 +87,19 @@ def _check_budget(ndus: list[hls.ParsedNdu], max_elements: int) -> None:
         "for a trusted stream raise it with max_elements=... (command line: --max-elements)")
 
 
+def _coded_positions(dims: tuple[int, ...]) -> int:
+    """The fewest bins a tensor of these dims can be coded with: one per row where whole rows can be skipped,
+    else one per element."""
+    rows, width = _geometry(dims)
+    return rows if (width > 1 and rows * width > width) else rows * width
+
+
 def _check_size(h: NduHeader, payload_len: int) -> tuple[int, int]:
-    rows, width = _geometry(h.dims)
-    count = rows * width
     budget = MAX_POSITIONS_PER_BYTE * (payload_len + PAYLOAD_SLACK_BYTES)
-    row_skip_possible = width > 1 and count > width
-    if (rows if row_skip_possible else count) > budget:
+    if sum(_coded_positions(dims) for _, dims in h.tensors()) > budget:
         raise BitstreamError(f"tensor {h.name!r}: dims {h.dims} cannot be described by a {payload_len}-byte "
                              "payload (corrupt dimensions)")
-    return rows, width
+    return _geometry(h.dims)
 
 
 def _check_raw_float_size(h: NduHeader, payload_len: int) -> None:
@@ -147,13 +151,15 @@ def _checked_qp(h: NduHeader, qp: int, qp_density: int) -> int:
 
 
 def _require_qp_density(ndu: hls.ParsedNdu) -> None:
-    if ndu.header.payload_type == PayloadType.NNR_PT_FLOAT and ndu.qp_density is None:
+    has_qp = ndu.header.payload_type in (PayloadType.NNR_PT_FLOAT, PayloadType.NNR_PT_BLOCK)
+    if has_qp and ndu.qp_density is None:
         raise BitstreamError(f"tensor {ndu.header.name!r}: float tensor but the parameter set carries no "
                              "qp_density (mps_quantization_method_flags lacks QSU/QCB)")
 
 
 def header_qp(ndu: hls.ParsedNdu) -> int | None:
-    """qp of a PT_FLOAT tensor from its header and the first bits of its payload (None for other types)."""
+    """qp of a PT_FLOAT tensor from its header and the first bits of its payload (None for other types; a
+    PT_BLOCK unit's first bits are the qp of its first coded tensor, not of the unit)."""
     if ndu.header.payload_type != PayloadType.NNR_PT_FLOAT:
         return None
     _require_qp_density(ndu)
@@ -180,6 +186,8 @@ def _decode_ndu(ndu: hls.ParsedNdu, profile: int, out: torch.Tensor | None = Non
     """Decodes one NDU; integer levels (codebook values for codebook tensors) go to `out` (int32, the
     tensor's size) when given."""
     h, payload = ndu.header, ndu.payload
+    if h.payload_type == PayloadType.NNR_PT_BLOCK:
+        raise ValueError(f"unit of {h.name!r} is an NNR_PT_BLOCK unit of several tensors; use _decode_unit")
     result = DecodedTensor(name=h.name, levels=None, qp=None, qp_density=None, dq=h.dq, codebook=None,
                            payload_type=h.payload_type, shape=h.dims, unit_bytes=ndu.unit_bytes,
                            decompressed_data_format=h.decompressed_data_format)
@@ -214,6 +222,56 @@ def _decode_ndu(ndu: hls.ParsedNdu, profile: int, out: torch.Tensor | None = Non
     return result
 
 
+def _decode_block(ndu: hls.ParsedNdu, profile: int,
+                  outs: list[torch.Tensor] | None = None) -> list[DecodedTensor]:
+    """Decodes an NNR_PT_BLOCK unit: one DecodedTensor per tensor, in coding order (spec §2.8, §3.1). Each
+    tensor has its own qp; the unit's dq_flag and scan_order apply to all of them, a codebook to the
+    weight."""
+    h, payload = ndu.header, ndu.payload
+    _require_qp_density(ndu)
+    _check_size(h, len(payload))
+    members = h.block
+    if outs is None:
+        outs = [torch.empty(m.dims, dtype=torch.int32) for m in members]
+    geometry = [_geometry(m.dims) for m in members]
+    cb_size = len(h.codebook) if h.codebook is not None else 0
+    cb_sizes = [cb_size if m.role == "weight" else 0 for m in members]
+    cb_zeros = [h.codebook_zero_offset if m.role == "weight" else 0 for m in members]
+    empty = [torch.empty(0, dtype=torch.int32)] * len(members)
+    try:
+        qp_deltas, consumed, eps, _ = load_native().decode_block(
+            payload, outs, [g[0] for g in geometry], [g[1] for g in geometry], h.scan_order, h.dq,
+            h.cabac_unary_length_minus1 + 1, profile, cb_sizes, cb_zeros, 6 + ndu.qp_density, False, empty,
+            [torch.empty(0, dtype=torch.int8)] * len(members))
+    except ValueError as exc:
+        raise BitstreamError(f"NNR_PT_BLOCK unit of {h.name!r}: {exc}") from exc
+    if consumed != len(payload):
+        raise BitstreamError(f"NNR_PT_BLOCK unit of {h.name!r}: CABAC payload is {len(payload)} bytes but "
+                             f"the decoder consumed {consumed} (nnr_unit_size mismatch or corrupt data)")
+    if [tuple(e) for e in eps] != h.entry_points:
+        raise BitstreamError(f"NNR_PT_BLOCK unit of {h.name!r}: cabac_entry_point_list does not match the "
+                             "payload")
+    results = []
+    for i, (m, out) in enumerate(zip(members, outs, strict=True)):
+        result = DecodedTensor(name=m.name, levels=out, qp=_checked_qp(h, ndu.qp_base + qp_deltas[i],
+                                                                         ndu.qp_density),
+                               qp_density=ndu.qp_density, dq=h.dq, codebook=None, payload_type=h.payload_type,
+                               shape=m.dims, unit_bytes=ndu.unit_bytes if i == 0 else 0,
+                               decompressed_data_format=h.decompressed_data_format)
+        if cb_sizes[i]:
+            _map_codebook(h, out)
+            result.codebook = torch.tensor(h.codebook, dtype=torch.int32)
+        results.append(result)
+    return results
+
+
+def _decode_unit(ndu: hls.ParsedNdu, profile: int) -> list[DecodedTensor]:
+    """Every tensor of one unit (one, or several for NNR_PT_BLOCK), in coding order."""
+    if ndu.header.payload_type == PayloadType.NNR_PT_BLOCK:
+        return _decode_block(ndu, profile)
+    return [_decode_ndu(ndu, profile)]
+
+
 def _check_allow_partial(allow_partial: object) -> bool:
     if not isinstance(allow_partial, (bool, np.bool_)):
         raise TypeError(f"allow_partial must be a bool, got {allow_partial!r}")
@@ -232,9 +290,10 @@ def _checked_stream(data: bytes, *, max_elements: object, allow_partial: object 
         raise BitstreamError("bitstream contains no compressed data units (no tensors; truncated?)")
     names = set()
     for ndu in stream.ndus:
-        if ndu.header.name in names:
-            raise BitstreamError(f"tensor name {ndu.header.name!r} occurs twice in the bitstream")
-        names.add(ndu.header.name)
+        for name, _ in ndu.header.tensors():
+            if name in names:
+                raise BitstreamError(f"tensor name {name!r} occurs twice in the bitstream")
+            names.add(name)
     meta = hls.read_state_dict_metadata(stream.topology_data)
     if meta is not None:
         hls.check_state_dict_metadata(meta, stream.ndus, allow_partial)
@@ -243,28 +302,33 @@ def _checked_stream(data: bytes, *, max_elements: object, allow_partial: object 
     return stream, meta
 
 
-def _decode_values(ndu: hls.ParsedNdu, profile: int) -> torch.Tensor:
+def _decode_values(ndu: hls.ParsedNdu, profile: int) -> list[torch.Tensor]:
+    """The values of every tensor of a unit, in coding order."""
     h = ndu.header
+    if h.payload_type == PayloadType.NNR_PT_BLOCK:
+        return [t.dequantize() for t in _decode_block(ndu, profile)]
     if h.payload_type != PayloadType.NNR_PT_FLOAT:
-        return _decode_ndu(ndu, profile).dequantize()
+        return [_decode_ndu(ndu, profile).dequantize()]
     # levels (codebook values for codebook tensors) are decoded into the result's own memory and scaled there
     _require_qp_density(ndu)
     _check_size(h, len(ndu.payload))  # before allocating anything a header asks for
     values = torch.empty(h.dims, dtype=torch.float32)
     decoded = _decode_ndu(ndu, profile, out=values.view(torch.int32))
     load_native().levels_to_float(decoded.levels, values, decoded.step)
-    return values
+    return [values]
 
 
 def _decode_stream(stream: hls.ParsedStream, workers: int) -> dict[str, torch.Tensor]:
     ndus = stream.ndus
     values = _map_in_order(lambda ndu: _decode_values(ndu, stream.profile), ndus, workers)
-    return {ndu.header.name: v for ndu, v in zip(ndus, values, strict=True)}
+    return {name: v for ndu, vs in zip(ndus, values, strict=True)
+            for (name, _), v in zip(ndu.header.tensors(), vs, strict=True)}
 
 
 def decode_levels(data: bytes, *, max_elements: int = DEFAULT_MAX_ELEMENTS, workers: int = 1,
                   allow_partial: bool = False) -> dict[str, DecodedTensor]:
-    """Decodes a bitstream to integer levels and parameters (one DecodedTensor per NDU, stream order).
+    """Decodes a bitstream to integer levels and parameters (one DecodedTensor per tensor, stream order; the
+    tensors of an NNR_PT_BLOCK unit in its coding order, the unit's bytes counted on the first of them).
 
     max_elements bounds the total element count of all tensors (checked from the headers before anything is
     allocated); `workers` threads decode tensors in parallel. A stream whose topology unit names tensors that
@@ -272,9 +336,8 @@ def decode_levels(data: bytes, *, max_elements: int = DEFAULT_MAX_ELEMENTS, work
     """
     workers = _check_workers(workers)
     stream, _ = _checked_stream(data, max_elements=max_elements, allow_partial=allow_partial)
-    ndus = stream.ndus
-    decoded = _map_in_order(lambda ndu: _decode_ndu(ndu, stream.profile), ndus, workers)
-    return {ndu.header.name: t for ndu, t in zip(ndus, decoded, strict=True)}
+    decoded = _map_in_order(lambda ndu: _decode_unit(ndu, stream.profile), stream.ndus, workers)
+    return {t.name: t for ts in decoded for t in ts}
 
 
 def decode(data: bytes, *, max_elements: int = DEFAULT_MAX_ELEMENTS, workers: int = 1,

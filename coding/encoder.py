@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ecqx.coding import hls
+from ecqx.coding.blocks import Block, plan_units
 from ecqx.coding.common import DEFAULT_QP_DENSITY, QP_BASE_RANGE, _check_workers, _geometry, _map_in_order
 from ecqx.coding.hls import NduHeader, PayloadType
 from ecqx.coding.native import load_native
@@ -112,11 +113,51 @@ def _raw_float_ndu(it: _Item, index: int, profile: int, cabac_unary_length_minus
     return hls.write_ndu(header, profile, values.numpy().astype("<f4", copy=False).tobytes())
 
 
+def _block_items(block: Block, by_name: dict[str, tuple[int, _Item]]) -> list[_Item]:
+    """The block's items in coding order, checked: quantized (NNR_PT_FLOAT), one dq flag, no codebook."""
+    items = [by_name[name][1] for name, _ in block.members]
+    for it in items:
+        if it.payload_type != PayloadType.NNR_PT_FLOAT or it.levels is None:
+            raise ValueError(f"tensor {it.name!r} of block {block.block_id!r}: a block carries quantized "
+                             f"tensors (levels and qp), not {it.payload_type.name} (encode_state_dict: "
+                             "raw_float=False quantizes every float tensor)")
+        if it.codebook is not None:
+            raise ValueError(f"tensor {it.name!r} of block {block.block_id!r}: codebook tensors are not "
+                             "written in blocks")
+    if len({it.dq for it in items}) > 1:
+        raise ValueError(f"block {block.block_id!r}: its tensors differ in dq (one dq_flag per block unit): "
+                         + ", ".join(f"{it.name}={it.dq}" for it in items))
+    return items
+
+
+def _parameter_ids(items: list[_Item], units: list, given: Mapping[str, int] | None) -> dict[str, int]:
+    """parameter_id of every tensor: its position in the input, or the given ids (every coded unit's tensor,
+    the weight for a block)."""
+    ids = {it.name: index for index, it in enumerate(items)}
+    if given is None:
+        return ids
+    if not isinstance(given, Mapping):
+        raise TypeError("parameter_ids must be a mapping of tensor names to ints, got "
+                        f"{type(given).__name__}")
+    for unit in units:
+        name = unit if isinstance(unit, str) else unit.weight
+        value = given.get(name)
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= value < 2**31:
+            raise ValueError(f"parameter_ids[{name!r}] must be an int in 0..2^31-1, got {value!r}")
+        ids[name] = int(value)
+    return ids
+
+
 def _encode_items(items: list[_Item], *, profile: int, scan_order: int, row_skipping: bool, param_opt: bool,
                   cabac_unary_length_minus1: int, topology_unit: bool, topology_data: str = "",
-                  workers: int = 1) -> bytes:
+                  workers: int = 1, block_id_and_param_type: object = None,
+                  parameter_ids: Mapping[str, int] | None = None) -> bytes:
     _check_options(profile, scan_order, cabac_unary_length_minus1)
     workers = _check_workers(workers)
+    units = plan_units([it.name for it in items], {it.name: it.shape for it in items},
+                       block_id_and_param_type)
+    ids = _parameter_ids(items, units, parameter_ids)
+    by_name = {it.name: (ids[it.name], it) for it in items}
     qp_density = _unify_qp_density(items)
     qp_base = _choose_qp_base(items, qp_density)
     parts = [hls.write_start_unit(profile),
@@ -142,8 +183,28 @@ def _encode_items(items: list[_Item], *, profile: int, scan_order: int, row_skip
             raise AssertionError("entry point count mismatch")  # coder invariant, not user input
         return hls.write_ndu(header, profile, payload)
 
-    def encode_ndu(indexed: tuple[int, _Item]) -> bytes:
-        index, it = indexed
+    def block_ndu(block: Block) -> bytes:
+        members = _block_items(block, by_name)
+        weight = members[-1]
+        so = _header_scan_order(weight.shape, scan_order)
+        header = NduHeader(name=weight.name, payload_type=PayloadType.NNR_PT_BLOCK, dims=weight.shape,
+                           dq=weight.dq, cabac_unary_length_minus1=cabac_unary_length_minus1, scan_order=so,
+                           parameter_id=by_name[weight.name][0],
+                           block=[hls.BlockMember(it.name, role, it.shape)
+                                  for it, (_, role) in zip(members, block.members, strict=True)],
+                           compressed_parameter_types=block.cpt)
+        payload, eps = encode_block_payload(
+            [it.levels for it in members], [it.shape for it in members], scan_order=so, dq=weight.dq,
+            n1=cabac_unary_length_minus1, profile=profile, qp_bits=6 + qp_density,
+            qp_deltas=[it.qp - qp_base for it in members], row_skipping=bool(row_skipping),
+            param_opt=bool(param_opt))
+        header.entry_points = [tuple(e) for e in eps]
+        return hls.write_ndu(header, profile, payload)
+
+    def encode_ndu(unit: str | Block) -> bytes:
+        if isinstance(unit, Block):
+            return block_ndu(unit)
+        index, it = by_name[unit]
         if it.raw_values is None:
             return coded_ndu(index, it, cabac_unary_length_minus1)
         if it.payload_type == PayloadType.NNR_PT_RAW_FLOAT:
@@ -156,13 +217,32 @@ def _encode_items(items: list[_Item], *, profile: int, scan_order: int, row_skip
             units.insert(0, _raw_float_ndu(it, index, profile, cabac_unary_length_minus1))
         return min(units, key=len)
 
-    parts += _map_in_order(encode_ndu, list(enumerate(items)), workers)
+    parts += _map_in_order(encode_ndu, units, workers)
     return b"".join(parts)
+
+
+def encode_block_payload(levels: list[torch.Tensor], shapes: list[tuple[int, ...]], *, scan_order: int,
+                         dq: bool, n1: int, profile: int, qp_bits: int, qp_deltas: list[int],
+                         row_skipping: bool, param_opt: bool, parent_present: bool = False,
+                         bases: list | None = None, histories: list | None = None,
+                         hdsp: bool = False) -> tuple[bytes, list]:
+    """One NNR_PT_BLOCK codeword: the tensors in coding order, each with its qp delta (spec §3.1, §3.2).
+    bases / histories (TCA / HDSP, update streams) hold one tensor or None per block tensor."""
+    geometry = [_geometry(shape) for shape in shapes]
+    empty32, empty8 = torch.empty(0, dtype=torch.int32), torch.empty(0, dtype=torch.int8)
+    bases = [empty32 if b is None else b.reshape(-1) for b in (bases or [None] * len(levels))]
+    histories = [empty8 if h is None else h.reshape(-1) for h in (histories or [None] * len(levels))]
+    return load_native().encode_block(
+        [lv.contiguous() for lv in levels], [g[0] for g in geometry], [g[1] for g in geometry], scan_order,
+        dq, n1 + 1, profile, [0] * len(levels), [0] * len(levels), qp_bits, list(qp_deltas), row_skipping,
+        param_opt, parent_present, bases, histories, hdsp)
 
 
 def encode(tensors: Mapping[str, QuantizedLevels | torch.Tensor | np.ndarray], *, profile: int = 1,
            scan_order: int = 0, row_skipping: bool = True, param_opt: bool = True,
-           cabac_unary_length_minus1: int = 10, topology_unit: bool = True, workers: int = 1) -> bytes:
+           cabac_unary_length_minus1: int = 10, topology_unit: bool = True, workers: int = 1,
+           block_id_and_param_type: Mapping | None = None, parameter_ids: Mapping[str, int] | None = None
+           ) -> bytes:
     """Encodes named tensors into one NNC bitstream.
 
     Values are quantized tensor descriptions (:class:`~ecqx.coding.quant.QuantizedLevels`: levels, qp,
@@ -174,6 +254,16 @@ def encode(tensors: Mapping[str, QuantizedLevels | torch.Tensor | np.ndarray], *
     The defaults are those of NNCodec's tensor and nn APIs. ``row_skipping`` writes the row_skip_enabled_flag
     and one flag per row of each ≥2-D tensor (a few bytes per tensor without zero rows); NNCodec's
     ``nnc.compress`` defaults to ``row_skipping=False``, so pass ``row_skipping=False`` to get its bytes.
+
+    ``block_id_and_param_type`` (NNCodec's name and format: ``{"parameter_type": {name: role},
+    "block_identifier": {name: block id}}``) codes the tensors of each block in one NNR_PT_BLOCK unit, at the
+    position of the block's weight: a weight with, of its first dimension, 1-D tensors of the roles
+    ``weight.ls``, ``bias`` and ``bn.beta``/``bn.gamma``/``bn.mean``/``bn.var`` (all four). Every tensor of a
+    block is quantized (levels and qp) with one dq flag. NNCodec's
+    ``compress(..., block_id_and_param_type=...)`` writes the same bytes for the same integers; for its
+    batch-norm folding (``bnf=True``) see :func:`ecqx.coding.fold_batch_norm`, which also gives the
+    ``parameter_ids`` NNCodec writes (profile 1; by default a tensor's position in ``tensors``; for a block,
+    its weight's).
     """
     if not isinstance(tensors, Mapping):
         raise TypeError(f"tensors must be a mapping of names to tensors, got {type(tensors).__name__}")
@@ -182,4 +272,5 @@ def encode(tensors: Mapping[str, QuantizedLevels | torch.Tensor | np.ndarray], *
     items = [_to_item(name, value) for name, value in tensors.items()]
     return _encode_items(items, profile=profile, scan_order=scan_order, row_skipping=row_skipping,
                          param_opt=param_opt, cabac_unary_length_minus1=cabac_unary_length_minus1,
-                         topology_unit=topology_unit, workers=workers)
+                         topology_unit=topology_unit, workers=workers,
+                         block_id_and_param_type=block_id_and_param_type, parameter_ids=parameter_ids)

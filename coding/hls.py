@@ -40,6 +40,50 @@ DEFAULT_UNARY_LENGTH_MINUS1 = 9  # NNCodec's decoder default when cabac_unary_le
 MAX_DIMENSIONS = 32
 MAX_CODEBOOK_SIZE = 1 << 20
 SHORT_UNIT_LIMIT = 32768
+# compressed_parameter_types bits (spec §2.8): which tensors of a layer an NNR_PT_BLOCK unit carries
+CPT_DC, CPT_LS, CPT_BN, CPT_BI = 0x1, 0x2, 0x4, 0x8
+BN_ROLES = ("bn.beta", "bn.gamma", "bn.mean", "bn.var")
+BLOCK_ROLES = ("weight", "weight.ls", *BN_ROLES, "bias")
+MAX_BLOCK_ELEMENTS = 7  # weight, local scaling, four batch-norm tensors, bias
+
+
+def block_roles(cpt: int) -> tuple[list[str], list[str]]:
+    """(listed, coded): the roles of an NNR_PT_BLOCK unit's tensors in the order of its
+    topology_elements_ids_list, and in the order its codeword codes them (spec §2.8.2; decomposition
+    excluded).
+
+    The list names the weight first; the codeword carries the weight last, after local scaling, bias and the
+    batch-norm tensors.
+    """
+    listed = ["weight"]
+    coded = []
+    if cpt & CPT_LS:
+        listed.append("weight.ls")
+        coded.append("weight.ls")
+    if cpt & CPT_BI:
+        coded.append("bias")
+    if cpt & CPT_BN:
+        listed += BN_ROLES
+        coded += BN_ROLES
+    if cpt & CPT_BI:
+        listed.append("bias")
+    coded.append("weight")
+    return listed, coded
+
+
+def block_cpt(roles: list[str] | set[str]) -> int:
+    """compressed_parameter_types of a block with these roles (the weight always present)."""
+    return ((CPT_LS if "weight.ls" in roles else 0) | (CPT_BN if "bn.gamma" in roles else 0)
+            | (CPT_BI if "bias" in roles else 0))
+
+
+@dataclass
+class BlockMember:
+    """One tensor of an NNR_PT_BLOCK unit."""
+
+    name: str
+    role: str  # one of BLOCK_ROLES
+    dims: tuple[int, ...]
 
 
 @dataclass
@@ -66,6 +110,18 @@ class NduHeader:
     parent_node_id_type: int = 0  # 0 ICNN_NDU_ID (the only type read and written)
     temporal_context_modeling: bool = False
     parent_device_id: int = 0
+    # NNR_PT_BLOCK: the unit's tensors in coding order (name and dims above are the weight's), its
+    # compressed_parameter_types, and whether the weight's dimensions are in the header
+    # (tensor_dimensions_flag; NNCodec sends them out of band in update streams)
+    block: list[BlockMember] | None = None
+    compressed_parameter_types: int = 0
+    dims_in_band: bool = True
+
+    def tensors(self) -> list[tuple[str, tuple[int, ...]]]:
+        """(name, dims) of every tensor the unit carries, in coding order."""
+        if self.block is None:
+            return [(self.name, self.dims)]
+        return [(m.name, m.dims) for m in self.block]
 
 
 @dataclass
@@ -165,13 +221,23 @@ def num_entry_points(dims: tuple[int, ...], scan_order: int) -> int:
 
 
 def write_ndu(h: NduHeader, profile: int, payload: bytes, parent_signalling: bool = False) -> bytes:
+    is_block = h.payload_type == PayloadType.NNR_PT_BLOCK
     w = BitWriter()
     _common_header(w, UnitType.NDU)
     w.u(5, int(h.payload_type))
-    w.u(1, 0)  # nnr_multiple_topology_elements_present_flag
+    w.u(1, int(is_block))  # nnr_multiple_topology_elements_present_flag
     w.u(1, int(h.decompressed_data_format is not None))
     w.u(1, 1)  # input_parameters_present_flag
-    w.st(h.name)
+    if is_block:
+        listed, _ = block_roles(h.compressed_parameter_types)
+        by_role = {m.role: m.name for m in h.block}
+        names = [by_role[role] for role in listed if role in by_role]
+        w.ue(7, len(names) - 2)  # count_topology_elements_minus2
+        w.align()
+        for name in names:
+            w.st(name)
+    else:
+        w.st(h.name)
     if profile == 1:
         w.u(1, int(h.node_id_present))
         if h.node_id_present:
@@ -180,20 +246,21 @@ def write_ndu(h: NduHeader, profile: int, payload: bytes, parent_signalling: boo
             w.ue(4, h.put_node_depth)
         if parent_signalling:
             _write_parent_fields(w, h)
-    if h.payload_type == PayloadType.NNR_PT_FLOAT:
+    if h.payload_type in (PayloadType.NNR_PT_FLOAT, PayloadType.NNR_PT_BLOCK):
         w.u(1, int(h.codebook is not None))
         if h.codebook is not None:
             _write_codebook(w, h.codebook, h.codebook_zero_offset, h.codebook_egk)
-    if h.payload_type in (PayloadType.NNR_PT_INT, PayloadType.NNR_PT_FLOAT):
+    if h.payload_type in (PayloadType.NNR_PT_INT, PayloadType.NNR_PT_FLOAT, PayloadType.NNR_PT_BLOCK):
         w.u(1, int(h.dq))
     if h.decompressed_data_format is not None:
         w.u(7, h.decompressed_data_format)
-    w.u(1, 1)  # tensor_dimensions_flag
+    w.u(1, int(h.dims_in_band))  # tensor_dimensions_flag
     w.u(1, 1)  # cabac_unary_length_flag
-    w.u(4, 0)  # compressed_parameter_types
-    w.ue(1, len(h.dims))
-    for d in h.dims:
-        w.ue(7, d)
+    w.u(4, h.compressed_parameter_types if is_block else 0)
+    if h.dims_in_band:
+        w.ue(1, len(h.dims))
+        for d in h.dims:
+            w.ue(7, d)
     w.u(8, h.cabac_unary_length_minus1)
     if len(h.dims) > 1:
         if profile == 1:
@@ -319,18 +386,49 @@ def _read_codebook(r: BitReader) -> tuple[list[int], int, int]:
     return values, zero_offset, egk
 
 
-def _read_ndu_header(r: BitReader, profile: int, tensor_index: int,
-                     parent_signalling: bool = False) -> NduHeader:
+def _read_block_names(r: BitReader) -> list[str]:
+    count = r.ue(7, "count_topology_elements_minus2") + 2
+    if count > MAX_BLOCK_ELEMENTS:
+        raise BitstreamError(f"NNR_PT_BLOCK unit: count_topology_elements_minus2 declares {count} tensors, "
+                             f"more than the {MAX_BLOCK_ELEMENTS} a block can carry")
+    r.align()
+    names = [r.st("topology_elem_id_list") for _ in range(count)]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise BitstreamError(f"NNR_PT_BLOCK unit: topology_elem_id_list names {repeated[0]!r} twice")
+    return names
+
+
+def _block_members(names: list[str], cpt: int, dims: tuple[int, ...]) -> list[BlockMember]:
+    """The block's tensors in coding order; every tensor but the weight is 1-D with dims[0] elements."""
+    if cpt & CPT_DC:
+        raise _unsupported("compressed_parameter_types", f"{cpt:#x} (NNR_CPT_DC set)",
+                           "blocks of a weight with local scaling, batch norm and bias; decomposed weights "
+                           "are not")
+    listed, coded = block_roles(cpt)
+    if len(listed) != len(names) or cpt == 0:
+        raise BitstreamError(f"NNR_PT_BLOCK unit of {names[0]!r}: count_topology_elements_minus2 gives "
+                             f"{len(names)} tensors, compressed_parameter_types {cpt:#x} needs {len(listed)}")
+    by_role = dict(zip(listed, names, strict=True))
+    return [BlockMember(by_role[role], role, dims if role == "weight" else (dims[0],)) for role in coded]
+
+
+def _read_ndu_header(r: BitReader, profile: int, tensor_index: int, parent_signalling: bool = False,
+                     out_of_band_dims=None) -> NduHeader:
     payload_type = r.u(5, "nnr_compressed_data_unit_payload_type")
-    if payload_type not in (0, 1, 2):
+    if payload_type not in (0, 1, 2, 3):
         raise _unsupported("nnr_compressed_data_unit_payload_type", payload_type,
-                           "0 NNR_PT_INT, 1 NNR_PT_FLOAT, 2 NNR_PT_RAW_FLOAT")
-    if r.u(1, "nnr_multiple_topology_elements_present_flag"):
-        raise _unsupported("nnr_multiple_topology_elements_present_flag", 1, "0 (one tensor per NDU)")
+                           "0 NNR_PT_INT, 1 NNR_PT_FLOAT, 2 NNR_PT_RAW_FLOAT, 3 NNR_PT_BLOCK")
+    is_block = payload_type == PayloadType.NNR_PT_BLOCK
+    if r.u(1, "nnr_multiple_topology_elements_present_flag") != int(is_block):
+        raise _unsupported("nnr_multiple_topology_elements_present_flag", int(not is_block),
+                           "1 exactly in NNR_PT_BLOCK units (tensor splits are not supported)")
     ddf_present = r.u(1, "nnr_decompressed_data_format_present_flag")
     if not r.u(1, "input_parameters_present_flag"):
         raise _unsupported("input_parameters_present_flag", 0, "1 (in-band tensor dimensions)")
-    h = NduHeader(name=r.st("topology_elem_id"), payload_type=PayloadType(payload_type), dims=())
+    block_names = _read_block_names(r) if is_block else None
+    name = block_names[0] if is_block else r.st("topology_elem_id")
+    h = NduHeader(name=name, payload_type=PayloadType(payload_type), dims=())
     if profile == 1:
         h.node_id_present = bool(r.u(1, "node_id_present_flag"))
         if h.node_id_present:
@@ -339,25 +437,40 @@ def _read_ndu_header(r: BitReader, profile: int, tensor_index: int,
             h.put_node_depth = r.ue(4, "put_node_depth")
         if parent_signalling:
             _read_parent_fields(r, h)
-    if payload_type == PayloadType.NNR_PT_FLOAT and r.u(1, "codebook_present_flag"):
+    has_codebook_flag = payload_type in (PayloadType.NNR_PT_FLOAT, PayloadType.NNR_PT_BLOCK)
+    if has_codebook_flag and r.u(1, "codebook_present_flag"):
         h.codebook, h.codebook_zero_offset, h.codebook_egk = _read_codebook(r)
-    if payload_type in (PayloadType.NNR_PT_INT, PayloadType.NNR_PT_FLOAT):
-        h.dq = bool(r.u(1, "dq_flag")) and payload_type == PayloadType.NNR_PT_FLOAT
+    if payload_type in (PayloadType.NNR_PT_INT, PayloadType.NNR_PT_FLOAT, PayloadType.NNR_PT_BLOCK):
+        h.dq = bool(r.u(1, "dq_flag")) and payload_type != PayloadType.NNR_PT_INT
     if ddf_present:
         h.decompressed_data_format = r.u(7, "nnr_decompressed_data_format")
-    if not r.u(1, "tensor_dimensions_flag"):
-        raise _unsupported("tensor_dimensions_flag", 0, "1 (in-band tensor dimensions)")
+    h.dims_in_band = bool(r.u(1, "tensor_dimensions_flag"))
     unary_length_flag = r.u(1, "cabac_unary_length_flag")
     cpt = r.u(4, "compressed_parameter_types")
-    if cpt:
-        raise _unsupported("compressed_parameter_types", cpt, "0 (plain tensors)")
-    count = r.ue(1, "count_tensor_dimensions")
-    if not 1 <= count <= MAX_DIMENSIONS:
-        raise BitstreamError(f"count_tensor_dimensions {count} outside 1..{MAX_DIMENSIONS}")
-    dims = tuple(r.ue(7, "tensor_dimensions") for _ in range(count))
+    if cpt and not is_block:
+        raise _unsupported("compressed_parameter_types", cpt, "0 outside NNR_PT_BLOCK units")
+    h.compressed_parameter_types = cpt
+    if h.dims_in_band:
+        count = r.ue(1, "count_tensor_dimensions")
+        if not 1 <= count <= MAX_DIMENSIONS:
+            raise BitstreamError(f"count_tensor_dimensions {count} outside 1..{MAX_DIMENSIONS}")
+        dims = tuple(r.ue(7, "tensor_dimensions") for _ in range(count))
+    else:
+        # NNCodec's update streams leave a block's dimensions out of band: the receiver knows the model
+        dims = None if out_of_band_dims is None else out_of_band_dims(h.name)
+        if dims is None:
+            raise BitstreamError(f"tensor {h.name!r}: tensor_dimensions_flag = 0 (dimensions sent out of "
+                                 "band) and no dimensions are known for it; an UpdateDecoder takes them from "
+                                 "its state, or from shapes=... for a first update")
+        dims = tuple(int(d) for d in dims)
+        count = len(dims)
+        if not 1 <= count <= MAX_DIMENSIONS:
+            raise BitstreamError(f"tensor {h.name!r}: out-of-band dimensions {dims} have no or too many axes")
     if min(dims) < 1:
         raise BitstreamError(f"tensor {h.name!r}: dimensions {dims} contain 0 (empty tensors are not coded)")
     h.dims = dims
+    if is_block:
+        h.block = _block_members(block_names, cpt, dims)
     h.cabac_unary_length_minus1 = (r.u(8, "cabac_unary_length_minus1") if unary_length_flag
                                    else DEFAULT_UNARY_LENGTH_MINUS1)
     if count > 1:
@@ -397,11 +510,12 @@ def _read_unit_size(data: bytes, pos: int) -> tuple[int, int]:
     return size, field_bytes
 
 
-def parse_stream(data: bytes, allow_updates: bool = False) -> ParsedStream:
+def parse_stream(data: bytes, allow_updates: bool = False, out_of_band_dims=None) -> ParsedStream:
     """Splits a bitstream into units and parses every header (the CABAC payloads are not decoded here).
 
     Difference-update streams (mps_parent_signalling_enabled_flag = 1) raise BitstreamError unless
-    allow_updates (ecqx.coding.UpdateDecoder carries the state they need).
+    allow_updates (ecqx.coding.UpdateDecoder carries the state they need). ``out_of_band_dims(name)`` gives
+    the dimensions of a tensor whose unit does not carry them (tensor_dimensions_flag = 0), or None.
     """
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise TypeError(f"bitstream must be bytes, got {type(data).__name__}")
@@ -449,7 +563,8 @@ def parse_stream(data: bytes, allow_updates: bool = False) -> ParsedStream:
         elif unit_type == UnitType.NDU:
             if not seen_mps:
                 raise BitstreamError("compressed data unit before the model parameter set")
-            header = _read_ndu_header(r, stream.profile, len(stream.ndus), stream.parent_signalling)
+            header = _read_ndu_header(r, stream.profile, len(stream.ndus), stream.parent_signalling,
+                                      out_of_band_dims)
             start = r.byte_position
             stream.ndus.append(ParsedNdu(header, data[start:pos + size], size, qp_density, qp_base))
         else:
@@ -611,7 +726,8 @@ def read_state_dict_metadata(text: str | None) -> StateDictMetadata | None:
 def check_state_dict_metadata(meta: StateDictMetadata, ndus: list[ParsedNdu], allow_partial: bool) -> None:
     """The metadata agrees with the stream: every declared tensor present (unless allow_partial), no
     undeclared tensor, dtypes of the payload's kind (float or integer), scalars with one element."""
-    present = {ndu.header.name: ndu.header for ndu in ndus}
+    # one entry per tensor (a block unit carries several), with its unit's payload type and its own dims
+    present = {name: (ndu.header.payload_type, dims) for ndu in ndus for name, dims in ndu.header.tensors()}
     coded_empty = [e.name for e in meta.empty if e.name in present]
     if coded_empty:
         raise _metadata_error("empty", f"names entries without values that the stream codes: "
@@ -630,19 +746,19 @@ def check_state_dict_metadata(meta: StateDictMetadata, ndus: list[ParsedNdu], al
                              f"its topology unit are missing: {_preview(missing)} (truncated stream? "
                              "decode(..., allow_partial=True) returns the tensors present)")
     for name, dtype_name in meta.dtype.items():
-        header = present.get(name)
-        if header is None:
+        if name not in present:
             continue
-        is_float = header.payload_type in (PayloadType.NNR_PT_FLOAT, PayloadType.NNR_PT_RAW_FLOAT)
+        payload_type = present[name][0]
+        is_float = payload_type != PayloadType.NNR_PT_INT
         if is_float != (dtype_name in FLOAT_DTYPE_NAMES):
             raise _metadata_error("dtype", f"gives tensor {name!r} dtype {dtype_name!r}, but the stream "
-                                  f"codes it as {header.payload_type.name} "
+                                  f"codes it as {payload_type.name} "
                                   f"({'float' if is_float else 'integer'} values)")
     for name in meta.scalar:
-        header = present.get(name)
-        if header is not None and math.prod(header.dims) != 1:
+        dims = present[name][1] if name in present else None
+        if dims is not None and math.prod(dims) != 1:
             raise _metadata_error("scalar", f"marks tensor {name!r} as 0-d, but the stream codes it with "
-                                  f"dims {header.dims} ({math.prod(header.dims)} elements)")
+                                  f"dims {dims} ({math.prod(dims)} elements)")
 
 
 def _check_count(meta: StateDictMetadata, ndus: list[ParsedNdu], allow_partial: bool) -> None:

@@ -7,7 +7,7 @@ import math
 import torch
 
 from ecqx.coding.common import DEFAULT_MAX_ELEMENTS
-from ecqx.coding.decoder import _check_header_size, _checked_stream, _decode_ndu, header_qp
+from ecqx.coding.decoder import _check_header_size, _checked_stream, _decode_unit, header_qp
 from ecqx.coding.hls import ParsedNdu, PayloadType
 from ecqx.coding.quant import step_size
 
@@ -24,9 +24,10 @@ _FOOTNOTES = [
 
 
 def _zero_fraction(ndu: ParsedNdu, profile: int) -> float:
-    decoded = _decode_ndu(ndu, profile)
-    values = decoded.raw_values if decoded.payload_type == PayloadType.NNR_PT_RAW_FLOAT else decoded.levels
-    return 1.0 - int(torch.count_nonzero(values)) / values.numel()  # a level is 0 exactly where its value is
+    decoded = _decode_unit(ndu, profile)
+    values = [d.raw_values if d.payload_type == PayloadType.NNR_PT_RAW_FLOAT else d.levels for d in decoded]
+    nonzero = sum(int(torch.count_nonzero(v)) for v in values)
+    return 1.0 - nonzero / sum(v.numel() for v in values)  # a level is 0 exactly where its value is
 
 
 def inspect_stream(data: bytes, *, values: bool = False, max_elements: int = DEFAULT_MAX_ELEMENTS,
@@ -48,8 +49,9 @@ def inspect_stream(data: bytes, *, values: bool = False, max_elements: int = DEF
     for ndu in stream.ndus:
         h = ndu.header
         _check_header_size(ndu)
-        qp = header_qp(ndu)
-        count = math.prod(h.dims)
+        # an NNR_PT_BLOCK unit is one row (named after its weight, counting all its tensors' values)
+        qp = None if h.payload_type == PayloadType.NNR_PT_BLOCK else header_qp(ndu)
+        count = sum(math.prod(dims) for _, dims in h.tensors())
         default_dtype = "int32" if h.payload_type == PayloadType.NNR_PT_INT else "float32"
         rows.append({
             "name": h.name,

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
+from ecqx.coding.blocks import plan_units
 from ecqx.coding.common import DEFAULT_MAX_ELEMENTS, _check_workers
 from ecqx.coding.decoder import _checked_stream, _decode_stream
 from ecqx.coding.encoder import _encode_items
@@ -191,7 +192,13 @@ def encode_state_dict(state_dict: Mapping[str, torch.Tensor], quantized: Mapping
     if empty:
         meta["empty"] = empty
     # the NDUs carry the names; the count and the last name let a decoder detect a stream cut between units
-    meta["count"], meta["last"] = len(items), items[-1].name
+    # (an NNR_PT_BLOCK unit is one unit, named after its weight)
+    units = plan_units([it.name for it in items], {it.name: it.shape for it in items},
+                       encode_options.get("block_id_and_param_type"))
+    last = units[-1]
+    meta["count"], meta["last"] = len(units), last if isinstance(last, str) else last.weight
+    if any(not isinstance(unit, str) for unit in units):  # blocks code their tensors in another order
+        meta["names"] = list(state_dict)
     _code_auto_items(items, qp_density, nonweight_bits, raw_float)
     for it in items:
         it.raw_fallback = raw_float

@@ -29,8 +29,10 @@ import numpy as np
 import torch
 
 from ecqx.coding import hls
+from ecqx.coding.blocks import Block, check_block_description, plan_units
 from ecqx.coding.common import DEFAULT_MAX_ELEMENTS
-from ecqx.coding.decoder import MAX_POSITIONS_PER_BYTE, PAYLOAD_SLACK_BYTES
+from ecqx.coding.decoder import MAX_POSITIONS_PER_BYTE, PAYLOAD_SLACK_BYTES, _coded_positions
+from ecqx.coding.encoder import encode_block_payload
 from ecqx.coding.errors import BitstreamError
 from ecqx.coding.hls import NduHeader, PayloadType
 from ecqx.coding.model import decode_state_dict
@@ -144,6 +146,12 @@ class UpdateEncoder:
     the temporal tools on; ``row_skipping`` signals all-zero rows; ``device_id`` names the sender in every
     data unit (``parent_device_id`` is written as NNCodec writes it, 0 unless given).
 
+    ``block_id_and_param_type`` (NNCodec's grouping, see :func:`ecqx.coding.encode`) codes each block (a
+    weight with its bias, batch-norm or local-scaling vectors) in one NNR_PT_BLOCK unit; its float tensors
+    other than the weight take ``nonweight_qp``. As NNCodec writes them in updates, block units leave the
+    weight's dimensions out of band: the receiving :class:`UpdateDecoder` knows them from its state or its
+    ``shapes``.
+
     With the same options and the same sequence of updates, the bytes equal those of NNCodec 2.1.3's
     ``compress(..., compress_differences=True, approx_param_base=state, update_base_param=True)``.
     """
@@ -163,7 +171,12 @@ class UpdateEncoder:
         param_opt: bool = True,
         scan_order: int = 0,
         cabac_unary_length_minus1: int = 10,
+        block_id_and_param_type: Mapping | None = None,
     ) -> None:
+        if block_id_and_param_type is not None:
+            types, ids = check_block_description(block_id_and_param_type)
+            block_id_and_param_type = {"parameter_type": types, "block_identifier": ids}
+        self.block_id_and_param_type = block_id_and_param_type
         self.qp_density = _check_int("qp_density", qp_density, 0, MAX_QP_DENSITY)
         self.qp = _check_int("qp", qp, -(2**12), 2**12 - 1)
         if nonweight_qp is not None:
@@ -201,6 +214,7 @@ class UpdateEncoder:
                 "param_opt",
                 "scan_order",
                 "cabac_unary_length_minus1",
+                "block_id_and_param_type",
             )
         }
 
@@ -269,7 +283,10 @@ class UpdateEncoder:
         if value.numel() == 0:
             raise ValueError(f"tensor {name!r} is empty; NNC cannot code tensors with a zero dimension")
         if value.is_floating_point():
-            qp = self.qp if value.dim() >= 2 else self.nonweight_qp
+            # NNCodec: qp for "weight" tensors, nonweight_qp for the others; without a role, >= 2-D is one
+            role = (self.block_id_and_param_type or {}).get("parameter_type", {}).get(name)
+            is_weight = role == "weight" if role is not None else value.dim() >= 2
+            qp = self.qp if is_weight else self.nonweight_qp
             coded = quantize_tensor(
                 value,
                 qp,
@@ -338,18 +355,107 @@ class UpdateEncoder:
             _EMPTY_I32 if base is None else base.reshape(-1), history)
         return out
 
+    def _block_payload(self, members: list[_Tensor], bases: list, hdsp: bool, so: int) -> tuple[bytes, list]:
+        nodes = [self._nodes.get(t.name) for t in members]
+        histories = [n.history if (hdsp and n is not None) else None for n in nodes]
+        return encode_block_payload(
+            [t.levels for t in members], [tuple(t.levels.shape) for t in members], scan_order=so,
+            dq=members[-1].dq, n1=self.cabac_unary_length_minus1, profile=PROFILE,
+            qp_bits=6 + self.qp_density,
+            qp_deltas=[t.qp for t in members], row_skipping=self.row_skipping, param_opt=self.param_opt,
+            parent_present=True, bases=bases, histories=histories, hdsp=hdsp)
+
+    def _encode_block(self, block: Block, by_name: dict[str, _Tensor], index: int,
+                      parts: list[bytes]) -> list[tuple[_Tensor, int, torch.Tensor]]:
+        """Appends the NNR_PT_BLOCK unit of one block (none when all its tensors are zero); returns what the
+        state records for its tensors."""
+        members = [by_name[name] for name, _ in block.members]
+        if not any(bool(t.levels.any()) for t in members):
+            return []
+        for t in members:
+            if t.payload_type != PayloadType.NNR_PT_FLOAT:
+                raise ValueError(f"tensor {t.name!r} of block {block.block_id!r}: a block carries quantized "
+                                 "float tensors, not integer ones")
+        if len({t.dq for t in members}) > 1:
+            raise ValueError(f"block {block.block_id!r}: its tensors differ in dq (one dq_flag per block "
+                             "unit)")
+        half = 1 << (5 + self.qp_density)
+        for t in members:
+            if not -half <= t.qp < half:
+                raise ValueError(f"tensor {t.name!r}: qp {t.qp} is outside {-half}..{half - 1}, the range "
+                                 f"one update stream carries with qp_density {self.qp_density}")
+        weight = members[-1]
+        node = self._nodes.get(weight.name)
+        nodes = [self._nodes.get(t.name) for t in members]
+        # NNCodec: TCA for the whole block when its weight has a base
+        tca = self.tca and node is not None and node.base is not None
+        if tca and any(n is None or n.base is None for n in nodes):
+            missing = [t.name for t, n in zip(members, nodes, strict=True) if n is None or n.base is None]
+            raise ValueError(f"block {block.block_id!r}: TCA needs earlier updates of all its tensors; "
+                             f"{missing} have none")
+        bases = [n.base if tca else None for n in nodes]
+        so = _header_scan_order(tuple(weight.levels.shape), self.scan_order)
+        payload, eps = self._block_payload(members, bases, False, so)
+        if self.hdsp and all(n is not None and n.history is not None for n in nodes):
+            with_hdsp = self._block_payload(members, bases, True, so)
+            if len(with_hdsp[0]) < len(payload):  # ties keep HDSP off (NNCodec)
+                payload, eps = with_hdsp
+        stored = [t.levels for t in members]
+        if weight.dq and self.row_skipping and so > 0:  # as for single tensors: keep the decoder's integers
+            outs = [torch.empty(t.levels.shape, dtype=torch.int32) for t in members]
+            geometry = [_geometry(tuple(t.levels.shape)) for t in members]
+            histories = [n.history.reshape(-1) if (n is not None and n.history is not None) else _EMPTY_I8
+                         for n in nodes]
+            load_native().decode_block(
+                payload, outs, [g[0] for g in geometry], [g[1] for g in geometry], so, True,
+                self.cabac_unary_length_minus1 + 1, PROFILE, [0] * len(members), [0] * len(members),
+                6 + self.qp_density, True, [_EMPTY_I32 if b is None else b.reshape(-1) for b in bases],
+                histories)
+            stored = outs
+        header = NduHeader(
+            name=weight.name,
+            payload_type=PayloadType.NNR_PT_BLOCK,
+            dims=tuple(weight.levels.shape),
+            dq=weight.dq,
+            cabac_unary_length_minus1=self.cabac_unary_length_minus1,
+            scan_order=so,
+            entry_points=[tuple(e) for e in eps],
+            device_id=self.device_id,
+            parameter_id=index,
+            put_node_depth=(node.depth if node is not None else 0) + 1,
+            parent_node_id_present=True,
+            temporal_context_modeling=tca,
+            parent_device_id=self.parent_device_id,
+            block=[hls.BlockMember(t.name, role, tuple(t.levels.shape))
+                   for t, (_, role) in zip(members, block.members, strict=True)],
+            compressed_parameter_types=block.cpt,
+            dims_in_band=False,  # NNCodec sends a block's dimensions out of band in update streams
+        )
+        parts.append(hls.write_ndu(header, PROFILE, payload, parent_signalling=True))
+        return [(t, index, levels) for t, levels in zip(members, stored, strict=True)]
+
     def encode(self, update: Mapping[str, object]) -> bytes:
         """Codes one update (a mapping of names to float tensors, integer tensors or quantized tensor
         descriptions with ``levels``/``qp``[/``dq``]) and advances the state. Returns the bitstream."""
         if not isinstance(update, Mapping) or not update:
             raise ValueError("update must be a non-empty mapping of tensor names to tensors")
         tensors = [self._tensor(name, value) for name, value in update.items()]
-        for index, t in enumerate(tensors):
+        by_name = {t.name: t for t in tensors}
+        units = plan_units(list(by_name), {t.name: tuple(t.levels.shape) for t in tensors},
+                           self.block_id_and_param_type)
+        # a block's tensors take the parameter_id of its weight (NNCodec)
+        position = {t.name: index for index, t in enumerate(tensors)}
+        ids = {}
+        for unit in units:
+            for name in ([unit] if isinstance(unit, str) else [n for n, _ in unit.members]):
+                ids[name] = position[name if isinstance(unit, str) else unit.weight]
+        for t in tensors:
             node = self._nodes.get(t.name)
+            index = ids[t.name]
             if node is not None and node.parameter_id is not None and node.parameter_id != index:
                 raise ValueError(
-                    f"tensor {t.name!r} is at position {index} of this update but was at position "
-                    f"{node.parameter_id} before (parameter_id must stay the same)"
+                    f"tensor {t.name!r} has parameter_id {index} in this update (its position, or its block "
+                    f"weight's) but had {node.parameter_id} before (parameter_id must stay the same)"
                 )
             if node is not None and node.base is not None and tuple(node.base.shape) != tuple(t.levels.shape):
                 raise ValueError(
@@ -362,7 +468,11 @@ class UpdateEncoder:
             hls.write_tpl(""),
         ]
         coded: list[tuple[_Tensor, int, torch.Tensor]] = []
-        for index, t in enumerate(tensors):
+        for unit in units:
+            if isinstance(unit, Block):
+                coded += self._encode_block(unit, by_name, ids[unit.weight], parts)
+                continue
+            t, index = by_name[unit], ids[unit]
             if not bool(t.levels.any()):
                 continue  # an all-zero update tensor has no data unit (NNCodec's skipped NDU)
             node = self._nodes.get(t.name)
@@ -449,9 +559,15 @@ class UpdateDecoder:
     Streams that do not fit the state raise :class:`BitstreamError` naming the problem: a TCA data unit whose
     tensor has no earlier update (missing base), a put_node_depth that does not follow the last decoded update
     of the tensor, a parameter_id or device_id other than the parent's.
+
+    NNR_PT_BLOCK units (a weight with its bias, batch-norm or local-scaling vectors) are decoded to their
+    tensors. NNCodec writes them without the weight's dimensions in update streams; this decoder takes them
+    from its state (an earlier update of the weight) or, for a first update, from ``shapes`` ({name: shape},
+    for example the base model's shapes).
     """
 
-    def __init__(self, *, max_elements: int = DEFAULT_MAX_ELEMENTS) -> None:
+    def __init__(self, *, max_elements: int = DEFAULT_MAX_ELEMENTS,
+                 shapes: Mapping[str, Iterable[int]] | None = None) -> None:
         if (
             isinstance(max_elements, bool)
             or not isinstance(max_elements, (int, np.integer))
@@ -459,6 +575,13 @@ class UpdateDecoder:
         ):
             raise ValueError(f"max_elements must be an int >= 1, got {max_elements!r}")
         self.max_elements = int(max_elements)
+        self._shapes: dict[str, tuple[int, ...]] = {}
+        for name, shape in (shapes or {}).items():
+            try:
+                dims = tuple(_check_int(f"shapes[{name!r}] dimension", d, 1, 2**31) for d in shape)
+            except TypeError as exc:
+                raise ValueError(f"shapes[{name!r}] must be a sequence of ints, got {shape!r}") from exc
+            self._shapes[str(name)] = dims
         self._nodes: dict[str, _Node] = {}
         self._device_id: int | None = None
         self._updates = 0
@@ -536,11 +659,76 @@ class UpdateDecoder:
                     f"{tuple(node.base.shape)}"
                 )
 
+    def _known_dims(self, name: str) -> tuple[int, ...] | None:
+        """Dimensions of a tensor whose unit leaves them out of band: from the last decoded update of it,
+        else from ``shapes``."""
+        node = self._nodes.get(name)
+        if node is not None and node.base is not None:
+            return tuple(node.base.shape)
+        return self._shapes.get(name)
+
+    def _decode_block(self, ndu: hls.ParsedNdu) -> list[DecodedUpdateTensor]:
+        """The tensors of one NNR_PT_BLOCK unit (coding order), checked against their own states: every tensor
+        of a block follows the same parent (the weight's parameter_id and depth) and, with TCA, has a base."""
+        h = ndu.header
+        nodes = [self._nodes.get(m.name) for m in h.block]
+        for m, node in zip(h.block, nodes, strict=True):
+            known = node is not None and node.depth > 0
+            if h.parent_node_id_present and known and node.parameter_id != h.parameter_id:
+                raise BitstreamError(
+                    f"tensor {m.name!r} of the NNR_PT_BLOCK unit of {h.name!r}: parameter_id "
+                    f"{h.parameter_id} differs from its parent's parameter_id {node.parameter_id} "
+                    "(wrong parent)")
+            if h.parent_node_id_present and known and h.put_node_depth != node.depth + 1:
+                raise BitstreamError(
+                    f"tensor {m.name!r} of the NNR_PT_BLOCK unit of {h.name!r}: put_node_depth "
+                    f"{h.put_node_depth} does not follow the last decoded update of this tensor (depth "
+                    f"{node.depth}; expected {node.depth + 1}: forged depth or a missed update)")
+            if h.temporal_context_modeling and (node is None or node.base is None):
+                raise BitstreamError(
+                    f"tensor {m.name!r} of the NNR_PT_BLOCK unit of {h.name!r}: "
+                    "temporal_context_modeling_flag = 1 but this decoder has no earlier update of the tensor "
+                    "(missing base)")
+            if h.temporal_context_modeling and tuple(node.base.shape) != m.dims:
+                raise BitstreamError(f"tensor {m.name!r}: dims {m.dims} differ from the base update's shape "
+                                     f"{tuple(node.base.shape)}")
+        geometry = [_geometry(m.dims) for m in h.block]
+        outs = [torch.empty(m.dims, dtype=torch.int32) for m in h.block]
+        bases = [n.base.reshape(-1) if h.temporal_context_modeling else _EMPTY_I32 for n in nodes]
+        histories = [n.history.reshape(-1) if (n is not None and n.history is not None) else _EMPTY_I8
+                     for n in nodes]
+        count = len(h.block)
+        try:
+            qp_deltas, consumed, eps, hdsp = load_native().decode_block(
+                ndu.payload, outs, [g[0] for g in geometry], [g[1] for g in geometry], h.scan_order, h.dq,
+                h.cabac_unary_length_minus1 + 1, PROFILE, [0] * count, [0] * count, 6 + ndu.qp_density,
+                h.parent_node_id_present, bases, histories)
+        except ValueError as exc:
+            raise BitstreamError(f"NNR_PT_BLOCK unit of {h.name!r}: {exc}") from exc
+        if consumed != len(ndu.payload):
+            raise BitstreamError(
+                f"NNR_PT_BLOCK unit of {h.name!r}: CABAC payload is {len(ndu.payload)} bytes but the decoder "
+                f"consumed {consumed} (nnr_unit_size mismatch or corrupt data)")
+        if [tuple(e) for e in eps] != h.entry_points:
+            raise BitstreamError(f"NNR_PT_BLOCK unit of {h.name!r}: cabac_entry_point_list does not match "
+                                 "the payload")
+        results = []
+        for m, out, delta, flag in zip(h.block, outs, qp_deltas, hdsp, strict=True):
+            qp = ndu.qp_base + delta
+            try:
+                step_size(qp, ndu.qp_density)
+            except ValueError as exc:
+                raise BitstreamError(f"tensor {m.name!r}: {exc}") from exc
+            results.append(DecodedUpdateTensor(
+                name=m.name, levels=out, qp=qp, qp_density=ndu.qp_density, dq=h.dq,
+                payload_type=PayloadType.NNR_PT_FLOAT, put_node_depth=h.put_node_depth,
+                parameter_id=h.parameter_id, device_id=h.device_id, tca=h.temporal_context_modeling,
+                hdsp=bool(flag)))
+        return results
+
     def _check_size(self, h: NduHeader, payload_len: int) -> None:
-        rows, width = _geometry(h.dims)
-        count = rows * width
         budget = MAX_POSITIONS_PER_BYTE * (payload_len + PAYLOAD_SLACK_BYTES)
-        if (rows if (width > 1 and count > width) else count) > budget:
+        if sum(_coded_positions(dims) for _, dims in h.tensors()) > budget:
             raise BitstreamError(
                 f"tensor {h.name!r}: dims {h.dims} cannot be described by a {payload_len}-byte "
                 "payload (corrupt dimensions)"
@@ -550,10 +738,10 @@ class UpdateDecoder:
     def decode_levels(self, data: bytes) -> dict[str, DecodedUpdateTensor]:
         """Decodes one update to integers and update fields, and advances the state (only when the whole
         stream decodes; a BitstreamError leaves the state as it was)."""
-        stream = hls.parse_stream(data, allow_updates=True)
+        stream = hls.parse_stream(data, allow_updates=True, out_of_band_dims=self._known_dims)
         if stream.profile != PROFILE:
             raise BitstreamError(f"general_profile_idc {stream.profile}: difference updates need profile 1")
-        total = sum(math.prod(n.header.dims) for n in stream.ndus)
+        total = sum(math.prod(dims) for n in stream.ndus for _, dims in n.header.tensors())
         if total > self.max_elements:
             raise BitstreamError(
                 f"update declares {total} tensor elements, more than max_elements={self.max_elements}"
@@ -562,9 +750,10 @@ class UpdateDecoder:
         results: dict[str, DecodedUpdateTensor] = {}
         for ndu in stream.ndus:
             h = ndu.header
-            if h.name in results:
-                raise BitstreamError(f"tensor name {h.name!r} occurs twice in the update")
-            if h.payload_type not in (PayloadType.NNR_PT_FLOAT, PayloadType.NNR_PT_INT):
+            for name, _ in h.tensors():
+                if name in results:
+                    raise BitstreamError(f"tensor name {name!r} occurs twice in the update")
+            if h.payload_type == PayloadType.NNR_PT_RAW_FLOAT:
                 raise BitstreamError(
                     f"tensor {h.name!r}: payload type {h.payload_type.name} is not supported "
                     "in difference updates"
@@ -578,11 +767,15 @@ class UpdateDecoder:
             if h.parent_node_id_present:
                 device = h.device_id
             self._check_size(h, len(ndu.payload))
-            is_float = h.payload_type == PayloadType.NNR_PT_FLOAT
+            is_float = h.payload_type != PayloadType.NNR_PT_INT
             if is_float and ndu.qp_density is None:
                 raise BitstreamError(
                     f"tensor {h.name!r}: float tensor but the parameter set carries no qp_density"
                 )
+            if h.payload_type == PayloadType.NNR_PT_BLOCK:
+                for t in self._decode_block(ndu):
+                    results[t.name] = t
+                continue
             rows, width = _geometry(h.dims)
             out = torch.empty(h.dims, dtype=torch.int32)
             base = node.base.reshape(-1) if h.temporal_context_modeling else _EMPTY_I32
@@ -692,7 +885,10 @@ def apply_updates(
             raise TypeError(f"base entry {name!r} is a {type(value).__name__}, not a torch.Tensor")
         value = value.detach().to("cpu")
         out[name] = value.to(torch.float32 if value.is_floating_point() else torch.int64).clone()
-    decoder = UpdateDecoder() if decoder is None else decoder
+    # block units in updates leave their dimensions out of band: the base model gives them
+    if decoder is None:
+        shapes = {k: tuple(v.shape) for k, v in out.items() if v.numel() > 0 and v.dim() > 0}
+        decoder = UpdateDecoder(shapes=shapes)
     for index, source in enumerate(updates):
         decoded = decoder.decode(_update_bytes(source, index))
         for name, values in decoded.items():

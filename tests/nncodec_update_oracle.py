@@ -120,3 +120,72 @@ def correlated_updates(
             u["fc.bias"] = np.zeros_like(u["fc.bias"])
         out.append({k: v.astype(np.float32) for k, v in u.items()})
     return out
+
+
+class NNCodecBlockUpdates(NNCodecUpdates):
+    """NNCodec's update coding with NNR_PT_BLOCK units (``block_id_and_param_type``).
+
+    NNCodec writes block units of updates without the weight's dimensions (tensor_dimensions_flag 0) and its
+    ``decompress`` has no way to take them, so the decoder here is its ``nnc_core.coder.decode`` given the
+    model's dimensions out of band (``model_info["parameter_dimensions"]``), followed by its reconstruction,
+    exactly as ``decompress`` runs them otherwise.
+    """
+
+    def __init__(self, *, block_id_and_param_type: dict, shapes: dict[str, tuple[int, ...]],
+                 **options) -> None:
+        super().__init__(**options)
+        self.options["block_id_and_param_type"] = block_id_and_param_type
+        self.shapes = dict(shapes)
+
+    def decode(self, data: bytes) -> dict[str, np.ndarray]:
+        from nncodec import nnc_core
+
+        model_info = {
+            "parameter_type": {}, "parameter_dimensions": dict(self.shapes), "parameter_index": {},
+            "block_identifier": {}, "topology_storage_format": None, "topology_compression_format": None,
+            "performance_maps": {"mps": {}, "lps": {}},
+            "performance_map_flags": {k: {} for k in (
+                "mps_sparsification_flag", "lps_sparsification_flag", "mps_pruning_flag", "lps_pruning_flag",
+                "mps_unification_flag", "lps_unification_flag", "mps_decomposition_performance_map_flag",
+                "lps_decomposition_performance_map_flag")},
+        }
+        with contextlib.redirect_stdout(io.StringIO()):
+            decoded = nnc_core.coder.decode(bytearray(data), model_info, approx_param_base=self.dec_state,
+                                            update_base_param=True, tool_if=self.dec_hdsp, return_hls=True)
+            if self.dec_hdsp is not None:
+                self.dec_hdsp.add_data_to_hist(decoded["parameters"])
+            nnc_core.approximator.rec(decoded)
+            decoded = nnc_core.approximator.recompose_params(model_info, decoded)
+        return dict(decoded["parameters"])
+
+
+def block_model_updates(rounds: int, *, seed: int = 0, zero_block_round: int | None = None,
+                        conv_channels: int = 40) -> tuple[list[dict[str, np.ndarray]], dict]:
+    """Updates of a small Conv+BatchNorm / Linear+bias model and its block_id_and_param_type.
+
+    Tensors: conv.weight (C×3×3×3) with bn.{weight,bias,running_mean,running_var} (C), fc.weight (10×C),
+    fc.bias (10), and head.weight (5×4) outside any block. Rounds are correlated (a common direction, sparse,
+    plus noise). zero_block_round: in that round the whole fc block is zero (no data unit).
+    """
+    rs = np.random.RandomState(seed)
+    c = conv_channels
+    shapes = {"conv.weight": (c, 3, 3, 3), "bn.weight": (c,), "bn.bias": (c,), "bn.running_mean": (c,),
+              "bn.running_var": (c,), "fc.weight": (10, c), "fc.bias": (10,), "head.weight": (5, 4)}
+    direction = {k: (rs.randn(*s) * (rs.rand(*s) < 0.4)).astype(np.float32) * 0.02 for k, s in shapes.items()}
+    updates = []
+    for r in range(rounds):
+        noise = {k: rs.randn(*d.shape).astype(np.float32) * 0.003 * (d != 0) for k, d in direction.items()}
+        u = {k: (d * (1.0 + 0.1 * r) + noise[k]).astype(np.float32) for k, d in direction.items()}
+        if zero_block_round == r:
+            u["fc.weight"][:] = 0
+            u["fc.bias"][:] = 0
+        updates.append(u)
+    description = {
+        "parameter_type": {"conv.weight": "weight", "bn.weight": "bn.gamma", "bn.bias": "bn.beta",
+                           "bn.running_mean": "bn.mean", "bn.running_var": "bn.var", "fc.weight": "weight",
+                           "fc.bias": "bias"},
+        "block_identifier": {"conv.weight": "conv", "bn.weight": "conv", "bn.bias": "conv",
+                             "bn.running_mean": "conv", "bn.running_var": "conv", "fc.weight": "fc",
+                             "fc.bias": "fc"},
+    }
+    return updates, description

@@ -308,3 +308,44 @@ def test_corrupt_update_payloads_raise_bitstream_error(tca_streams):
         except BitstreamError:
             errors += 1
     assert errors > 0
+
+
+# (qp_density, qp, nonweight_qp, scan_order, tca, hdsp, row_skipping, use_dq): block scans 3 and 4 and qp
+# densities other than 2, each qp a step of about 2^-9 (2^-10 for the non-weights)
+DENSITY_SCAN_SETTINGS = [
+    (2, -36, -40, 3, True, True, True, False),
+    (2, -36, -40, 4, True, False, False, True),
+    (0, -9, -10, 0, True, True, False, True),
+    (1, -18, -20, 1, True, False, True, False),
+    (3, -72, -80, 2, False, True, False, True),
+    (3, -72, -80, 3, True, True, True, False),
+]
+
+
+@pytest.mark.parametrize("setting", DENSITY_SCAN_SETTINGS,
+                         ids=lambda s: "qpd{}-scan{}-tca{}-hdsp{}-rs{}-dq{}".format(s[0], *map(int, s[3:])))
+def test_update_sequence_scan_orders_and_qp_densities_match_nncodec(setting):
+    """Four rounds (round 2: an all-zero bias): same bytes as NNCodec, each decoder reads the other's streams
+    to NNCodec's values. The weights have 70 and 40 rows, so scans 3 and 4 have several block rows."""
+    qp_density, qp, nonweight_qp, scan_order, tca, hdsp, row_skipping, use_dq = setting
+    options = dict(qp=qp, nonweight_qp=nonweight_qp, tca=tca, hdsp=hdsp, row_skipping=row_skipping,
+                   use_dq=use_dq, scan_order=scan_order)
+    ref, ref_ours = NNCodecUpdates(**options), NNCodecUpdates(**options)
+    ref.options["qp_density"] = ref_ours.options["qp_density"] = qp_density
+    encoder = UpdateEncoder(**options, qp_density=qp_density)
+    decoder_theirs, decoder_ours = UpdateDecoder(), UpdateDecoder()
+    rs = np.random.RandomState(qp_density * 10 + scan_order)
+    shapes = {"a.weight": (70, 20), "b.weight": (40, 3, 3), "a.bias": (70,)}
+    direction = {k: (rs.randn(*s) * (rs.rand(*s) < 0.3)).astype(np.float32) * 0.02 for k, s in shapes.items()}
+    for r in range(4):
+        update = {k: (d * (1 + 0.1 * r) + rs.randn(*d.shape).astype(np.float32) * 0.002 * (d != 0))
+                  .astype(np.float32) for k, d in direction.items()}
+        update["a.weight"][::5] = 0
+        if r == 2:
+            update["a.bias"][:] = 0
+        theirs = ref.encode(update)
+        ours = encoder.encode(_torch(update))
+        assert hls.parse_stream(ours, allow_updates=True).qp_density == qp_density
+        assert ours == theirs, f"round {r}: {len(ours)} bytes vs NNCodec's {len(theirs)}"
+        _assert_values(decoder_theirs.decode(theirs), ref.decode(theirs))
+        _assert_values(decoder_ours.decode(ours), ref_ours.decode(ours))

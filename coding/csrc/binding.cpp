@@ -155,6 +155,89 @@ py::tuple decode_update_payload(const py::bytes& data, torch::Tensor out, int64_
   return py::make_tuple(result.qp_delta, result.consumed, entry_point_list(result.entry_points), result.hdsp);
 }
 
+// NNR_PT_BLOCK: the tensors of one block in coding order, one codeword. Every tensor carries a qp delta; the
+// per-tensor lists (rows, widths, qp deltas, codebook sizes and zero offsets, TCA bases and HDSP histories,
+// the last two empty tensors when absent) have one entry per tensor.
+struct BlockLists {
+  std::vector<nnc::LayerParams> params;
+  std::vector<UpdateInputs> inputs;
+};
+
+BlockLists block_lists(const std::vector<torch::Tensor>& tensors, const std::vector<int64_t>& rows,
+                       const std::vector<int64_t>& widths, int scan_order, bool dq, int num_gtx, int profile,
+                       const std::vector<int>& cb_sizes, const std::vector<int>& cb_zeros, int qp_bits,
+                       bool parent_present, const std::vector<torch::Tensor>& bases,
+                       const std::vector<torch::Tensor>& histories, const char* what) {
+  const size_t n = tensors.size();
+  if (n == 0 || rows.size() != n || widths.size() != n || cb_sizes.size() != n || cb_zeros.size() != n ||
+      bases.size() != n || histories.size() != n)
+    throw nnc::UsageError("block lists must all have one entry per tensor (and at least one tensor)");
+  BlockLists out;
+  for (size_t i = 0; i < n; ++i) {
+    const int64_t count = checked_count(rows[i], widths[i]);
+    require_tensor(tensors[i], torch::kInt32, count, what);
+    nnc::LayerParams p = make_params(rows[i], widths[i], scan_order, dq, num_gtx, profile, cb_sizes[i], cb_zeros[i],
+                                     true, qp_bits);
+    const UpdateInputs in = update_inputs(bases[i], histories[i], count);
+    p.parent_present = parent_present;
+    p.base = in.base;
+    p.history = in.history;
+    out.params.push_back(p);
+    out.inputs.push_back(in);
+  }
+  return out;
+}
+
+py::tuple encode_block(const std::vector<torch::Tensor>& levels, const std::vector<int64_t>& rows,
+                       const std::vector<int64_t>& widths, int scan_order, bool dq, int num_gtx, int profile,
+                       const std::vector<int>& cb_sizes, const std::vector<int>& cb_zeros, int qp_bits,
+                       const std::vector<int32_t>& qp_deltas, bool row_skip, bool param_opt, bool parent_present,
+                       const std::vector<torch::Tensor>& bases, const std::vector<torch::Tensor>& histories,
+                       bool hdsp) {
+  const BlockLists lists = block_lists(levels, rows, widths, scan_order, dq, num_gtx, profile, cb_sizes, cb_zeros,
+                                       qp_bits, parent_present, bases, histories, "levels");
+  if (qp_deltas.size() != levels.size()) throw nnc::UsageError("one qp delta per block tensor expected");
+  std::vector<nnc::BlockTensor> tensors;
+  for (size_t i = 0; i < levels.size(); ++i) {
+    nnc::EncodeOptions opt;
+    opt.row_skip = row_skip;
+    opt.param_opt = param_opt;
+    opt.qp_delta = qp_deltas[i];
+    opt.hdsp = hdsp;
+    tensors.push_back({levels[i].data_ptr<int32_t>(), lists.params[i], opt});
+  }
+  nnc::EncodedPayload result;
+  {
+    py::gil_scoped_release release;
+    result = nnc::encode_block_payload(tensors);
+  }
+  py::bytes payload(reinterpret_cast<const char*>(result.bytes.data()), result.bytes.size());
+  return py::make_tuple(payload, entry_point_list(result.entry_points));
+}
+
+py::tuple decode_block(const py::bytes& data, const std::vector<torch::Tensor>& outs, const std::vector<int64_t>& rows,
+                       const std::vector<int64_t>& widths, int scan_order, bool dq, int num_gtx, int profile,
+                       const std::vector<int>& cb_sizes, const std::vector<int>& cb_zeros, int qp_bits,
+                       bool parent_present, const std::vector<torch::Tensor>& bases,
+                       const std::vector<torch::Tensor>& histories) {
+  const BlockLists lists = block_lists(outs, rows, widths, scan_order, dq, num_gtx, profile, cb_sizes, cb_zeros,
+                                       qp_bits, parent_present, bases, histories, "out");
+  std::vector<int32_t*> dst;
+  for (const torch::Tensor& t : outs) dst.push_back(t.data_ptr<int32_t>());
+  char* buffer = nullptr;
+  Py_ssize_t size = 0;
+  if (PyBytes_AsStringAndSize(data.ptr(), &buffer, &size) != 0) throw py::error_already_set();
+  nnc::DecodedBlock result;
+  {
+    py::gil_scoped_release release;
+    result = nnc::decode_block_payload(reinterpret_cast<const uint8_t*>(buffer), static_cast<size_t>(size),
+                                       lists.params, dst);
+  }
+  py::list hdsp;
+  for (bool flag : result.hdsp) hdsp.append(flag);
+  return py::make_tuple(result.qp_deltas, result.consumed, entry_point_list(result.entry_points), hdsp);
+}
+
 // float32(levels) * step in float32 (the reconstruction rule of spec §12.3), one pass, GIL released.
 // `levels` may be an int32 view of `out` (same element size): each element is read before it is written.
 void levels_to_float(const torch::Tensor& levels, torch::Tensor out, double step) {
@@ -206,6 +289,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("decode_payload", &decode_payload);
   m.def("encode_update_payload", &encode_update_payload);
   m.def("decode_update_payload", &decode_update_payload);
+  m.def("encode_block", &encode_block);
+  m.def("decode_block", &decode_block);
   m.def("levels_to_float", &levels_to_float);
   m.def("trellis_quantize", &trellis_quantize);
   m.def("scan_positions", &nnc::scan_positions);

@@ -222,10 +222,18 @@ void decode_tensor(ArithDecoder& dec, const LayerParams& p, int32_t* out, std::v
 
 }  // namespace
 
-EncodedPayload encode_payload(const int32_t* levels, const LayerParams& p, const EncodeOptions& opt) {
+namespace {
+
+// Checks one tensor's parameters and levels, then codes [qp delta] + the tensor into enc.
+void encode_one(ArithEncoder& enc, const int32_t* levels, const LayerParams& p, const EncodeOptions& opt,
+                std::vector<BlockRowStart>& row_starts) {
+  if (p.has_qp) enc.encode_bypass_bits(static_cast<uint32_t>(opt.qp_delta) & ((1u << p.qp_bits) - 1), p.qp_bits);
+  encode_tensor(enc, levels, p, opt, row_starts);
+}
+
+void check_encode_input(const int32_t* levels, const LayerParams& p, const EncodeOptions& opt) {
   check_params(p);
-  const int64_t count = p.num_rows * p.layer_width;
-  validate_levels(levels, p, count);
+  validate_levels(levels, p, p.num_rows * p.layer_width);
   if (p.has_qp) {
     const int32_t lo = -(1 << (p.qp_bits - 1)), hi = (1 << (p.qp_bits - 1)) - 1;
     if (opt.qp_delta < lo || opt.qp_delta > hi)
@@ -233,10 +241,22 @@ EncodedPayload encode_payload(const int32_t* levels, const LayerParams& p, const
                        std::to_string(p.qp_bits) + "-bit field (allowed " + std::to_string(lo) + " .. " +
                        std::to_string(hi) + ")");
   }
+}
+
+int32_t decode_qp_delta(ArithDecoder& dec, const LayerParams& p) {
+  if (!p.has_qp) return 0;
+  const uint32_t raw = dec.decode_bypass_bits(p.qp_bits);
+  const int32_t half = 1 << (p.qp_bits - 1);
+  return static_cast<int32_t>(raw) >= half ? static_cast<int32_t>(raw) - 2 * half : static_cast<int32_t>(raw);
+}
+
+}  // namespace
+
+EncodedPayload encode_payload(const int32_t* levels, const LayerParams& p, const EncodeOptions& opt) {
+  check_encode_input(levels, p, opt);
   ArithEncoder enc;
-  if (p.has_qp) enc.encode_bypass_bits(static_cast<uint32_t>(opt.qp_delta) & ((1u << p.qp_bits) - 1), p.qp_bits);
   std::vector<BlockRowStart> row_starts;
-  encode_tensor(enc, levels, p, opt, row_starts);
+  encode_one(enc, levels, p, opt, row_starts);
   EncodedPayload result;
   result.bytes = enc.finish();
   result.entry_points = entry_points_from(row_starts, result.bytes);
@@ -247,13 +267,44 @@ DecodedPayload decode_payload(const uint8_t* data, size_t size, const LayerParam
   check_params(p);
   DecodedPayload result;
   ArithDecoder dec(data, size);
-  if (p.has_qp) {
-    const uint32_t raw = dec.decode_bypass_bits(p.qp_bits);
-    const int32_t half = 1 << (p.qp_bits - 1);
-    result.qp_delta = static_cast<int32_t>(raw) >= half ? static_cast<int32_t>(raw) - 2 * half
-                                                        : static_cast<int32_t>(raw);
-  }
+  result.qp_delta = decode_qp_delta(dec, p);
   decode_tensor(dec, p, out, &result.entry_points, &result.hdsp);
+  if (dec.decode_terminating() != 1)
+    throw BitstreamError("terminating bin not found at the end of the CABAC payload (corrupt NDU)");
+  result.consumed = dec.consumed();
+  return result;
+}
+
+EncodedPayload encode_block_payload(const std::vector<BlockTensor>& tensors) {
+  if (tensors.empty()) throw UsageError("a block payload needs at least one tensor");
+  for (const BlockTensor& t : tensors) check_encode_input(t.levels, t.params, t.options);
+  ArithEncoder enc;
+  // each tensor's block rows are measured separately; the entry point lists are concatenated (spec §2.10)
+  std::vector<std::vector<BlockRowStart>> starts(tensors.size());
+  for (size_t i = 0; i < tensors.size(); ++i)
+    encode_one(enc, tensors[i].levels, tensors[i].params, tensors[i].options, starts[i]);
+  EncodedPayload result;
+  result.bytes = enc.finish();
+  for (const auto& s : starts) {
+    const std::vector<EntryPoint> eps = entry_points_from(s, result.bytes);
+    result.entry_points.insert(result.entry_points.end(), eps.begin(), eps.end());
+  }
+  return result;
+}
+
+DecodedBlock decode_block_payload(const uint8_t* data, size_t size, const std::vector<LayerParams>& params,
+                                  const std::vector<int32_t*>& outs) {
+  if (params.empty() || params.size() != outs.size())
+    throw UsageError("a block payload needs one output per tensor and at least one tensor");
+  for (const LayerParams& p : params) check_params(p);
+  DecodedBlock result;
+  ArithDecoder dec(data, size);
+  for (size_t i = 0; i < params.size(); ++i) {
+    result.qp_deltas.push_back(decode_qp_delta(dec, params[i]));
+    bool hdsp = false;
+    decode_tensor(dec, params[i], outs[i], &result.entry_points, &hdsp);
+    result.hdsp.push_back(hdsp);
+  }
   if (dec.decode_terminating() != 1)
     throw BitstreamError("terminating bin not found at the end of the CABAC payload (corrupt NDU)");
   result.consumed = dec.consumed();

@@ -3,6 +3,7 @@
 // Entry points (for the binding and for standalone drivers such as a sanitizer build):
 //   nnc::encode_payload(levels, params, options)      -> bytes of one NDU codeword + entry points
 //   nnc::decode_payload(data, size, params, out)      -> decodes one NDU codeword into `out`
+//   nnc::encode_block_payload / decode_block_payload  -> several tensors in one codeword (NNR_PT_BLOCK)
 //   nnc::trellis_quantize(weights, params, qscale, out)  8-state dependent quantizer (lambda = 0)
 //   nnc::scan_positions(rows, width, scan_order)      coding order of positions (for tests)
 //   nnc::trace_context(eco, bins)                      context-model states after each update (for tests)
@@ -94,6 +95,26 @@ EncodedPayload encode_payload(const int32_t* levels, const LayerParams& p, const
 // Decodes one NDU codeword of a single tensor into out (num_rows * layer_width values).
 // Throws BitstreamError when the payload is malformed or ends too early.
 DecodedPayload decode_payload(const uint8_t* data, size_t size, const LayerParams& p, int32_t* out);
+
+// NNR_PT_BLOCK (spec §2.8, §3.1): several tensors of one layer in one codeword, each with its own qp delta and
+// context initialisation; their entry point lists are concatenated in coding order.
+struct BlockTensor {
+  const int32_t* levels;
+  LayerParams params;
+  EncodeOptions options;
+};
+
+struct DecodedBlock {
+  std::vector<int32_t> qp_deltas;  // one per tensor (0 where the tensor has no qp)
+  std::vector<bool> hdsp;          // hist_dep_sig_prob_enabled_flag read for each tensor
+  size_t consumed = 0;
+  std::vector<EntryPoint> entry_points;
+};
+
+EncodedPayload encode_block_payload(const std::vector<BlockTensor>& tensors);
+// Decodes the tensors of one block codeword in order into outs[i] (params[i] geometry each).
+DecodedBlock decode_block_payload(const uint8_t* data, size_t size, const std::vector<LayerParams>& params,
+                                  const std::vector<int32_t*>& outs);
 
 // NNCodec's 8-state trellis quantizer (lambda = 0, spec §11.6); out receives reconstruction indices r.
 // Throws UsageError for a qscale that is not finite and positive, a NaN or infinite weight, or a
