@@ -14,12 +14,27 @@ Each round
    quantizer and encoder, ``device_id`` = client id) inside Flower's ``FitRes.parameters``
    (``tensor_type="nnc-update"``); the server decodes it with the client's decoder;
 4. **aggregation**: Flower's :class:`flwr.server.strategy.FedAvg` averages the decoded client models weighted
-   by their sample counts; the server evaluates the aggregate on the test split.
+   by their sample counts (in client-id order); the server evaluates the aggregate on the test split.
 
-Clients and server run in one process: Flower's simulation engine needs ``ray``, which is heavy for the
-small CPU machines this runs on, so the rounds are a plain loop over Flower's ``Client`` and ``Strategy``
-objects (no gRPC, no ray). Every client takes part in every round (the downstream updates form one sequence
-that each client must decode in order).
+Every client takes part in every round (the downstream updates form one sequence that each client must
+decode in order).
+
+Engines (``federated.engine``), both running the same client (``NNCClient``) and server
+(``_FederatedServer``) code:
+
+* ``"simulation"`` (default): Flower's simulation engine with its ray backend (the ``[federated]`` extra).
+  A ``ServerApp`` runs the rounds and sends each round's downstream to the ``clients`` virtual nodes as
+  Flower messages; a ``ClientApp`` trains the clients in ray actor processes, as many at once as
+  ``client_cpus``/``client_gpus`` allow on this machine. Between rounds a client's whole state
+  (``NNCClient.state_dict``: the model it holds, its error-feedback quantizer, its update encoder and
+  downstream decoder, its loader's shuffle position) lives in its node's Flower context. Started with
+  ``flwr.simulation.run_simulation``, which Flower marks deprecated in favour of ``flwr run``: that command
+  loads a packaged Flower app by name and cannot be handed the recipe's Python objects.
+* ``"inprocess"``: the same clients and server in one process, a plain loop without ray (for small
+  machines and debugging; client errors surface with their own traceback).
+
+Each client trains with ``client_cpus`` torch threads and seeds the global random generators from
+``(seed, round, client id)`` in both engines, so both give the same bytes and accuracies, round by round.
 
 The data is split non-IID: for every class, Dirichlet(α) proportions over the clients (``alpha``).
 Results (``--results FILE.json``): per round ``bytes_up`` (sum over clients), ``bytes_down`` (stream size ×
@@ -27,21 +42,29 @@ clients), ``float32_bytes`` (what float32 FedAvg sends in that round: the model 
 every client) and ``accuracy``; next to it ``FILE.png``, the test accuracy against the cumulative bytes
 (up + down).
 
-Baseline (``--baseline``, or ``run_federated(..., float32=True)``): the same loop, clients, split, seeds and
-rounds with plain float32 FedAvg: no NNC coding, every parameter sent as float32 in both directions, so
+Baseline (``--baseline``, or ``run_federated(..., float32=True)``): the same rounds, clients, split, seeds and
+engine with plain float32 FedAvg: no NNC coding, every parameter sent as float32 in both directions, so
 ``bytes_up`` = ``bytes_down`` = 4 × values × clients per round. With ``--baseline`` the results hold it under
 ``"baseline"`` and the plot shows both runs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import functools
+import io
 import json
 import logging
+import math
 import os
+import re
 import sys
-from collections.abc import Callable, Mapping, Sequence
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Any, NamedTuple
 
 import numpy as np
 import pytorch_lightning as pl
@@ -57,6 +80,9 @@ NNC_UPDATE = "nnc-update"
 NNC_MODEL = "nnc-model"
 RECIPE_MODEL = "recipe-model"  # round 1 without payload: every participant builds the recipe's initial model
 FLOAT32 = "float32"  # tensor_type of the baseline: the state_dict values in order, as float32 arrays
+ENGINES = ("simulation", "inprocess")
+CLIENT_STATE = "ecqx.client"  # the ConfigRecord of a node's context that holds its NNCClient state
+NODE_WAIT_S = 120.0  # the simulation's virtual nodes register within moments of its start
 
 
 @dataclass
@@ -79,6 +105,12 @@ class FederatedConfig:
             classes, checkpoint and ``seed``), so round 1 sends nothing downstream, in both runs;
             ``"nnc"``: the server sends it in round 1 (NNC-coded, 16-bit non-weights; the float32 run sends
             it as float32), for clients that cannot build it themselves.
+        engine: ``"simulation"``: Flower's simulation engine (ray; clients train in parallel);
+            ``"inprocess"``: a plain loop in this process, without ray (module docstring).
+        client_cpus: CPUs of each client: ray reserves them per client (simulation engine), and every
+            client trains with this many torch threads (both engines).
+        client_gpus: GPUs ray reserves per client (simulation engine; a fraction shares a GPU among
+            clients); set it with a GPU ``accelerator``.
     """
 
     clients: int = 10
@@ -97,16 +129,23 @@ class FederatedConfig:
     limit_train_batches: int | float | None = None
     accelerator: str = "cpu"
     initial_model: str = "recipe"
+    engine: str = "simulation"
+    client_cpus: int = 1
+    client_gpus: float = 0.0
 
     def __post_init__(self):
-        for name in ("clients", "rounds", "local_epochs"):
+        for name in ("clients", "rounds", "local_epochs", "client_cpus"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"federated.{name} must be an integer >= 1, got {value!r}")
         if self.initial_model not in ("recipe", "nnc"):
             raise ValueError(f"federated.initial_model must be 'recipe' or 'nnc', got {self.initial_model!r}")
+        if self.engine not in ENGINES:
+            raise ValueError(f"federated.engine must be one of {ENGINES}, got {self.engine!r}")
         if not self.alpha > 0:
             raise ValueError(f"federated.alpha must be > 0, got {self.alpha!r}")
+        if isinstance(self.client_gpus, bool) or not self.client_gpus >= 0:
+            raise ValueError(f"federated.client_gpus must be a number >= 0, got {self.client_gpus!r}")
         for name in ("up_bits", "down_bits", "nonweight_bits"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not 2 <= value <= 8:
@@ -168,6 +207,23 @@ def _labels_of(dataset: Dataset) -> torch.Tensor:
     return torch.tensor([int(dataset[i][1]) for i in range(len(dataset))])
 
 
+def _training_split(datamodule: pl.LightningDataModule,
+                    config: FederatedConfig) -> tuple[DataLoader, list[torch.Tensor]]:
+    """The training loader of ``datamodule`` (set up here) and the clients' shards of its dataset."""
+    datamodule.setup("fit")
+    train_loader = datamodule.train_dataloader()
+    shards = dirichlet_split(_labels_of(train_loader.dataset), config.clients, config.alpha, config.seed)
+    return train_loader, shards
+
+
+def _client_loader(train_loader: DataLoader, shard: torch.Tensor, cid: int,
+                   config: FederatedConfig) -> DataLoader:
+    """Client ``cid``'s loader: its shard, shuffled by a generator of its own (seeded per client)."""
+    return DataLoader(Subset(train_loader.dataset, shard.tolist()), batch_size=train_loader.batch_size,
+                      shuffle=True, collate_fn=train_loader.collate_fn,
+                      generator=torch.Generator().manual_seed(config.seed + 1000 + cid))
+
+
 # ------------------------------------------------------------------------------------------------ state
 def _cpu_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {name: t.detach().to("cpu").clone() for name, t in module.state_dict().items()}
@@ -175,6 +231,10 @@ def _cpu_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def _as_held(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.to(torch.float32 if v.is_floating_point() else torch.int64) for k, v in state.items()}
+
+
+def _cloned(state: Mapping[str, torch.Tensor] | None) -> dict[str, torch.Tensor] | None:
+    return None if state is None else {k: v.clone() for k, v in state.items()}
 
 
 def _to_module_dtypes(state: Mapping[str, torch.Tensor], like: Mapping[str, torch.Tensor]):
@@ -196,6 +256,31 @@ def _accuracy(module: torch.nn.Module, loader: DataLoader) -> float:
     return correct / max(total, 1)
 
 
+def _to_bytes(obj: Any) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+def _from_bytes(data: bytes) -> Any:
+    # written by _to_bytes in this run's own client processes (client states, update records)
+    return torch.load(io.BytesIO(data), weights_only=False)
+
+
+@contextlib.contextmanager
+def _torch_threads(count: int) -> Iterator[None]:
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _client_seed(config: FederatedConfig, rnd: int, cid: int) -> int:
+    return int(np.random.SeedSequence([config.seed, rnd, cid]).generate_state(1)[0])
+
+
 # ------------------------------------------------------------------------------------------------ client
 def _float32_parameters(arrays: Sequence[np.ndarray]):
     from flwr.common import ndarrays_to_parameters
@@ -205,12 +290,16 @@ def _float32_parameters(arrays: Sequence[np.ndarray]):
     return parameters
 
 
+@functools.cache
 def _make_client_class():
     from flwr.client import Client
     from flwr.common import Code, FitIns, FitRes, Parameters, Status, parameters_to_ndarrays
 
     class NNCClient(Client):
-        """A Flower client that receives NNC-coded global models and sends NNC-coded updates."""
+        """A Flower client that receives NNC-coded global models and sends NNC-coded updates.
+
+        Its state between rounds (:meth:`state_dict`) is what the simulation engine keeps in the node's
+        context; the in-process engine keeps the objects themselves."""
 
         def __init__(self, cid: int, module: pl.LightningModule, loader: DataLoader, config: FederatedConfig,
                      observer: UpdateObserver | None = None):
@@ -223,6 +312,32 @@ def _make_client_class():
             self.encoder = coding.UpdateEncoder(qp_density=config.qp_density, tca=config.tca,
                                                 row_skipping=config.row_skipping, device_id=cid)
             self.sent_total: dict[str, torch.Tensor] | None = None
+
+        def state_dict(self) -> dict:
+            """Everything the client carries from one round to the next: the model it holds, the running
+            sum of its changes and its error-feedback quantizer, its update encoder, its downstream decoder
+            and its loader's shuffle generator."""
+            return {"held": _cloned(self.held), "sent_total": _cloned(self.sent_total),
+                    "quantizer": None if self.quantizer is None else self.quantizer.state_dict(),
+                    "encoder": self.encoder.state_dict(), "down": self.down.state_dict(),
+                    "generator": self.loader.generator.get_state()}
+
+        def load_state_dict(self, state: Mapping) -> None:
+            """Restores :meth:`state_dict` of the same client (same id and config)."""
+            self.held, self.sent_total = _cloned(state["held"]), _cloned(state["sent_total"])
+            self.quantizer = None
+            if state["quantizer"] is not None:
+                self.quantizer = self._new_quantizer(state["quantizer"]["reference"])
+                self.quantizer.load_state_dict(state["quantizer"])
+            self.encoder.load_state_dict(state["encoder"])
+            self.down.load_state_dict(state["down"])
+            self.loader.generator.set_state(state["generator"])
+
+        def _new_quantizer(self, like: Mapping[str, torch.Tensor]) -> UpdateQuantizer:
+            zeros = {k: torch.zeros_like(v) for k, v in like.items()}
+            config = self.config
+            return UpdateQuantizer(zeros, bits=config.up_bits, lam=config.up_lam,
+                                   nonweight_bits=config.nonweight_bits, qp_density=config.qp_density)
 
         def _receive(self, parameters: Parameters) -> None:
             data = parameters.tensors[0] if parameters.tensors else b""
@@ -239,8 +354,7 @@ def _make_client_class():
             else:
                 raise ValueError(f"client {self.cid}: unexpected downstream {parameters.tensor_type!r}")
 
-        def fit(self, ins: FitIns) -> FitRes:
-            self._receive(ins.parameters)
+        def _train(self) -> dict[str, torch.Tensor]:
             module = copy.deepcopy(self.template)
             module.load_state_dict(_to_module_dtypes(self.held, module.state_dict()), strict=True)
             trainer = pl.Trainer(max_epochs=self.config.local_epochs, accelerator=self.config.accelerator,
@@ -249,129 +363,387 @@ def _make_client_class():
                                  num_sanity_val_steps=0, limit_val_batches=0,
                                  limit_train_batches=self.config.limit_train_batches)
             trainer.fit(module, train_dataloaders=self.loader)
-            trained = _as_held(_cpu_state(module))
-            if ins.parameters.tensor_type == FLOAT32:  # baseline: the trained model as float32, no coding
-                arrays = [trained[k].to(torch.float32).numpy() for k in self.names]
-                return FitRes(status=Status(code=Code.OK, message=""),
-                              parameters=_float32_parameters(arrays), num_examples=len(self.loader.dataset),
-                              metrics={"bytes": sum(a.nbytes for a in arrays)})
-            change = {k: trained[k] - self.held[k] for k in trained}
+            return _as_held(_cpu_state(module))
+
+        def fit(self, ins: FitIns) -> FitRes:
+            rnd = int(ins.config["round"])
+            # the same threads and random draws (dropout, augmentation) whichever engine or process runs it
+            pl.seed_everything(_client_seed(self.config, rnd, self.cid), workers=True, verbose=False)
+            with _torch_threads(self.config.client_cpus):
+                self._receive(ins.parameters)
+                trained = self._train()
+                if ins.config.get("float32", False):  # baseline: the trained model as float32, no coding
+                    arrays = [trained[k].to(torch.float32).numpy() for k in self.names]
+                    return FitRes(status=Status(code=Code.OK, message=""),
+                                  parameters=_float32_parameters(arrays),
+                                  num_examples=len(self.loader.dataset),
+                                  metrics={"bytes": sum(a.nbytes for a in arrays)})
+                data = self._encode({k: trained[k] - self.held[k] for k in trained}, rnd)
+            return FitRes(status=Status(code=Code.OK, message=""),
+                          parameters=Parameters(tensors=[data], tensor_type=NNC_UPDATE),
+                          num_examples=len(self.loader.dataset), metrics={"bytes": len(data)})
+
+        def _encode(self, change: dict[str, torch.Tensor], rnd: int) -> bytes:
             if self.quantizer is None:  # error feedback over rounds: quantize the running sum of changes
-                zeros = {k: torch.zeros_like(v) for k, v in change.items()}
-                self.quantizer = UpdateQuantizer(zeros, bits=self.config.up_bits, lam=self.config.up_lam,
-                                                 nonweight_bits=self.config.nonweight_bits,
-                                                 qp_density=self.config.qp_density)
-                self.sent_total = zeros
+                self.quantizer = self._new_quantizer(change)
+                self.sent_total = {k: torch.zeros_like(v) for k, v in change.items()}
             self.sent_total = {k: self.sent_total[k] + change[k] for k in change}
             difference = self.quantizer.residual(self.sent_total)
             update = self.quantizer.quantize(self.sent_total)
             data = self.encoder.encode(update)
             if self.observer is not None:
-                rnd = int(ins.config.get("round", 0))
                 self.observer(UpdateRecord("up", rnd, self.cid, difference, update, data))
-            return FitRes(status=Status(code=Code.OK, message=""),
-                          parameters=Parameters(tensors=[data], tensor_type=NNC_UPDATE),
-                          num_examples=len(self.loader.dataset), metrics={"bytes": len(data)})
+            return data
 
     return NNCClient
 
 
 # ------------------------------------------------------------------------------------------------ server
-def run_federated(module: pl.LightningModule, datamodule: pl.LightningDataModule,
-                  config: FederatedConfig, float32: bool = False,
-                  observer: UpdateObserver | None = None) -> list[RoundResult]:
-    """Runs ``config.rounds`` rounds of NNC-coded FedAvg (module docstring); returns the per-round results.
+class _FederatedServer:
+    """The server side of one run, shared by both engines: each round's downstream (:meth:`downstream`),
+    and the decoding of the clients' replies, Flower's FedAvg and the test accuracy (:meth:`aggregate`)."""
 
-    ``float32=True``: the baseline, the same loop without NNC coding (float32 parameters both ways; the
-    bytes counted are 4 per value, per client and direction). ``observer``: called with an
-    :class:`UpdateRecord` for every NNC difference update sent (both directions), e.g. to code the same
-    updates with another codec."""
-    from flwr.common import FitIns, FitRes, Parameters, ndarrays_to_parameters, parameters_to_ndarrays
-    from flwr.server.strategy import FedAvg
+    def __init__(self, module: pl.LightningModule, test_loader: DataLoader, config: FederatedConfig,
+                 float32: bool = False, observer: UpdateObserver | None = None):
+        from flwr.server.strategy import FedAvg
 
-    pl.seed_everything(config.seed, workers=True, verbose=False)
-    datamodule.setup("fit")
-    train_loader = datamodule.train_dataloader()
-    test_loader = datamodule.test_dataloader()
-    dataset = train_loader.dataset
-    shards = dirichlet_split(_labels_of(dataset), config.clients, config.alpha, config.seed)
-    client_class = _make_client_class()
-    clients = []
-    for cid, shard in enumerate(shards):
-        loader = DataLoader(Subset(dataset, shard.tolist()), batch_size=train_loader.batch_size,
-                            shuffle=True, collate_fn=train_loader.collate_fn,
-                            generator=torch.Generator().manual_seed(config.seed + 1000 + cid))
-        clients.append(client_class(cid, module, loader, config, observer))
-    strategy = FedAvg(fraction_fit=1.0, fraction_evaluate=0.0, min_fit_clients=config.clients,
-                      min_available_clients=config.clients)
-    up_decoders = [coding.UpdateDecoder() for _ in clients]
+        self.config, self.float32, self.observer, self.test_loader = config, float32, observer, test_loader
+        self.strategy = FedAvg(fraction_fit=1.0, fraction_evaluate=0.0, min_fit_clients=config.clients,
+                               min_available_clients=config.clients)
+        self.template_state = _cpu_state(module)
+        self.names = list(self.template_state)
+        self.evaluator = copy.deepcopy(module)
+        self.model_float32 = coding.float32_bytes(self.template_state)
+        self.sends_initial = config.initial_model == "nnc"
+        self.base = None
+        self.held = _as_held(self.template_state)  # what every client holds after the round's downstream
+        self.global_state = self.held
+        self.bytes_down = 0
+        if not float32:
+            if self.sends_initial:
+                self.base = coding.encode_state_dict(self.template_state, nonweight_bits=16)
+                self.held = self.global_state = _as_held(coding.decode_state_dict(self.base))
+            self.up_decoders = [coding.UpdateDecoder() for _ in range(config.clients)]
+            self.down_quantizer = UpdateQuantizer(self.held, bits=config.down_bits, lam=config.down_lam,
+                                                  nonweight_bits=config.nonweight_bits,
+                                                  qp_density=config.qp_density)
+            self.down_encoder = coding.UpdateEncoder(qp_density=config.qp_density, tca=config.tca,
+                                                     row_skipping=config.row_skipping)
 
-    template_state = _cpu_state(module)
-    names = list(template_state)
-    if config.initial_model == "nnc":
-        base = coding.encode_state_dict(template_state, nonweight_bits=16)
-        held = _as_held(coding.decode_state_dict(base))  # what every client holds after the downstream
-    else:
-        base, held = None, _as_held(template_state)
-    down_quantizer = UpdateQuantizer(held, bits=config.down_bits, lam=config.down_lam,
-                                     nonweight_bits=config.nonweight_bits, qp_density=config.qp_density)
-    down_encoder = coding.UpdateEncoder(qp_density=config.qp_density, tca=config.tca,
-                                        row_skipping=config.row_skipping)
-    global_state = _as_held(template_state) if float32 else held
-    evaluator = copy.deepcopy(module)
-    model_float32 = coding.float32_bytes(template_state)
-    results = []
-    for rnd in range(1, config.rounds + 1):
-        if rnd == 1 and base is None:
-            down = Parameters(tensors=[], tensor_type=RECIPE_MODEL)
-            bytes_down = 0
-        elif float32:
-            down = _float32_parameters([global_state[k].to(torch.float32).numpy() for k in names])
-            bytes_down = model_float32 * len(clients)
-            held = {k: v.clone() for k, v in global_state.items()}
+    def downstream(self, rnd: int):
+        """The :class:`flwr.common.FitIns` every client receives in round ``rnd`` (the global model, coded;
+        config ``round`` and ``float32``)."""
+        from flwr.common import FitIns, Parameters
+
+        clients = self.config.clients
+        if rnd == 1 and not self.sends_initial:
+            parameters, self.bytes_down = Parameters(tensors=[], tensor_type=RECIPE_MODEL), 0
+        elif self.float32:
+            parameters = _float32_parameters([self.global_state[k].to(torch.float32).numpy()
+                                              for k in self.names])
+            self.bytes_down = self.model_float32 * clients
+            self.held = _cloned(self.global_state)
         else:
             if rnd == 1:
-                down = Parameters(tensors=[base], tensor_type=NNC_MODEL)  # config.initial_model == "nnc"
+                parameters = Parameters(tensors=[self.base], tensor_type=NNC_MODEL)
             else:
-                difference = down_quantizer.residual(global_state)
-                update = down_quantizer.quantize(global_state)
-                down = Parameters(tensors=[down_encoder.encode(update)], tensor_type=NNC_UPDATE)
-                if observer is not None:
-                    observer(UpdateRecord("down", rnd, None, difference, update, down.tensors[0]))
-            bytes_down = len(down.tensors[0]) * len(clients)
-            held = {k: v.clone() for k, v in down_quantizer.reference.items()}
-        fit_results = []
-        bytes_up = 0
-        for cid, client in enumerate(clients):
-            res = client.fit(FitIns(parameters=down, config={"round": rnd}))
-            if float32:
+                difference = self.down_quantizer.residual(self.global_state)
+                update = self.down_quantizer.quantize(self.global_state)
+                parameters = Parameters(tensors=[self.down_encoder.encode(update)], tensor_type=NNC_UPDATE)
+                if self.observer is not None:
+                    self.observer(UpdateRecord("down", rnd, None, difference, update, parameters.tensors[0]))
+            self.bytes_down = len(parameters.tensors[0]) * clients
+            self.held = _cloned(self.down_quantizer.reference)
+        return FitIns(parameters=parameters, config={"round": rnd, "float32": self.float32})
+
+    def aggregate(self, rnd: int, replies: Sequence[tuple[int, Any]]) -> RoundResult:
+        """FedAvg of the clients' ``(client id, FitRes)`` replies to round ``rnd``: decodes each update,
+        averages in client-id order (the float sums do not depend on the order the replies arrived in),
+        evaluates the new global model; returns the round's bytes and accuracy."""
+        from flwr.common import FitRes, ndarrays_to_parameters, parameters_to_ndarrays
+
+        replies = sorted(replies, key=lambda reply: reply[0])
+        if [cid for cid, _ in replies] != list(range(self.config.clients)):
+            raise RuntimeError(f"round {rnd}: replies from clients {[cid for cid, _ in replies]}, expected "
+                               f"one from each of 0..{self.config.clients - 1}")
+        fit_results, bytes_up = [], 0
+        for cid, res in replies:
+            if self.float32:
                 estimate = parameters_to_ndarrays(res.parameters)
                 bytes_up += sum(np.asarray(a, dtype=np.float32).size * 4 for a in estimate)
             else:
                 data = res.parameters.tensors[0]
                 bytes_up += len(data)
-                change = coding.apply_updates({k: torch.zeros_like(v) for k, v in held.items()}, [data],
-                                              decoder=up_decoders[cid])
+                change = coding.apply_updates({k: torch.zeros_like(v) for k, v in self.held.items()}, [data],
+                                              decoder=self.up_decoders[cid])
                 # the server's view of the client model: what the client received plus its decoded change
-                estimate = [(held[k] + change[k]).numpy() for k in names]
+                estimate = [(self.held[k] + change[k]).numpy() for k in self.names]
             fit_results.append((None, FitRes(status=res.status, parameters=ndarrays_to_parameters(estimate),
                                               num_examples=res.num_examples, metrics=res.metrics)))
-        aggregated, _ = strategy.aggregate_fit(rnd, fit_results, [])
-        arrays = parameters_to_ndarrays(aggregated)
-        global_state = {k: torch.from_numpy(np.asarray(a)).to(held[k].dtype) if held[k].is_floating_point()
-                        else torch.from_numpy(np.rint(np.asarray(a))).to(torch.int64)
-                        for k, a in zip(names, arrays, strict=True)}
-        evaluator.load_state_dict(_to_module_dtypes(global_state, template_state), strict=True)
-        accuracy = _accuracy(evaluator, test_loader)
-        directions = 1 if rnd == 1 and base is None else 2  # round 1 of "recipe": upstream only
-        result = RoundResult(round=rnd, bytes_up=bytes_up, bytes_down=bytes_down,
-                             float32_bytes=directions * model_float32 * len(clients), accuracy=accuracy,
-                             client_samples=[len(s) for s in shards])
+        aggregated, _ = self.strategy.aggregate_fit(rnd, fit_results, [])
+        self.global_state = self._held_dtypes(parameters_to_ndarrays(aggregated))
+        self.evaluator.load_state_dict(_to_module_dtypes(self.global_state, self.template_state), strict=True)
+        accuracy = _accuracy(self.evaluator, self.test_loader)
+        directions = 2 if rnd > 1 or self.sends_initial else 1  # round 1 of "recipe": upstream only
+        result = RoundResult(round=rnd, bytes_up=bytes_up, bytes_down=self.bytes_down,
+                             float32_bytes=directions * self.model_float32 * self.config.clients,
+                             accuracy=accuracy, client_samples=[res.num_examples for _, res in replies])
         log.info("%sround %d: up %d B, down %d B, float32 %d B, accuracy %.4f",
-                 "float32 FedAvg " if float32 else "", rnd, result.bytes_up, result.bytes_down,
+                 "float32 FedAvg " if self.float32 else "", rnd, result.bytes_up, result.bytes_down,
                  result.float32_bytes, accuracy)
-        results.append(result)
+        return result
+
+    def _held_dtypes(self, arrays: Sequence[np.ndarray]) -> dict[str, torch.Tensor]:
+        return {k: torch.from_numpy(np.asarray(a)).to(self.held[k].dtype) if self.held[k].is_floating_point()
+                else torch.from_numpy(np.rint(np.asarray(a))).to(torch.int64)
+                for k, a in zip(self.names, arrays, strict=True)}
+
+
+# ------------------------------------------------------------------------------------------------ engines
+def _run_inprocess(server: _FederatedServer, module: pl.LightningModule, train_loader: DataLoader,
+                   shards: Sequence[torch.Tensor], config: FederatedConfig,
+                   observer: UpdateObserver | None) -> list[RoundResult]:
+    """The rounds as a plain loop over the clients, one after the other, in this process."""
+    client_class = _make_client_class()
+    clients = [client_class(cid, module, _client_loader(train_loader, shard, cid, config), config, observer)
+               for cid, shard in enumerate(shards)]
+    results = []
+    for rnd in range(1, config.rounds + 1):
+        ins = server.downstream(rnd)
+        results.append(server.aggregate(rnd, [(client.cid, client.fit(ins)) for client in clients]))
     return results
+
+
+def _require_ray() -> None:
+    try:
+        import ray  # noqa: F401
+    except ImportError as error:
+        raise ImportError('federated.engine "simulation" runs on Flower\'s simulation engine, which needs '
+                          'ray: pip install "ecqx[federated]" (or run without ray: --federated.engine '
+                          'inprocess)') from error
+
+
+class _ClientPayload(NamedTuple):
+    """What every simulated client needs besides its message: the recipe's objects (the datamodule not
+    set up by the driver, so that it stays small) and whether update records go back to an observer."""
+
+    template: pl.LightningModule
+    datamodule: pl.LightningDataModule
+    config: FederatedConfig
+    observe: bool
+
+
+@contextlib.contextmanager
+def _client_payload(payload: _ClientPayload) -> Iterator[str]:
+    """Writes ``payload`` to a temporary file for the run; yields its path.
+
+    Flower pickles the ClientApp into the ray actors with every message, so the app carries only this path;
+    each actor process loads the payload once (:func:`_actor_clients`)."""
+    from ray import cloudpickle  # recipes may hold objects that only cloudpickle can pickle (lambdas)
+
+    with tempfile.TemporaryDirectory(prefix="ecqx-federate-") as folder:
+        path = os.path.join(folder, "clients.pkl")
+        with open(path, "wb") as handle:
+            cloudpickle.dump(payload, handle)
+        yield path
+
+
+_ACTOR_CLIENTS: dict[str, tuple[_ClientPayload, DataLoader, list[torch.Tensor]]] = {}
+
+
+def _actor_clients(path: str) -> tuple[_ClientPayload, DataLoader, list[torch.Tensor]]:
+    """The payload, training loader and shards of this actor process (loaded on its first message)."""
+    if path not in _ACTOR_CLIENTS:
+        from ray import cloudpickle
+
+        with open(path, "rb") as handle:
+            payload = cloudpickle.load(handle)
+        pl.seed_everything(payload.config.seed, workers=True, verbose=False)  # as the driver before its setup
+        _ACTOR_CLIENTS.clear()  # one run at a time
+        _ACTOR_CLIENTS[path] = (payload, *_training_split(payload.datamodule, payload.config))
+    return _ACTOR_CLIENTS[path]
+
+
+def _parameters_record(parameters, **values):
+    from flwr.common import ConfigRecord
+
+    return ConfigRecord({"tensors": list(parameters.tensors), "tensor_type": parameters.tensor_type,
+                         **values})
+
+
+def _parameters_of(record):
+    from flwr.common import Parameters
+
+    return Parameters(tensors=list(record["tensors"]), tensor_type=str(record["tensor_type"]))
+
+
+def _client_train(msg, context, path: str):
+    """The ClientApp's ``train`` handler: one client's round (its state restored from and saved to the
+    node's context); the reply carries its FitRes and, with an observer, its update records."""
+    from flwr.common import ConfigRecord, FitIns, Message, RecordDict
+
+    payload, train_loader, shards = _actor_clients(path)
+    cid = int(context.node_config["partition-id"])
+    records: list[UpdateRecord] = []
+    client = _make_client_class()(cid, payload.template, _client_loader(train_loader, shards[cid], cid,
+                                                                          payload.config),
+                                  payload.config, records.append if payload.observe else None)
+    if CLIENT_STATE in context.state.config_records:
+        client.load_state_dict(_from_bytes(context.state.config_records[CLIENT_STATE]["state"]))
+    down = msg.content.config_records["fitins"]
+    res = client.fit(FitIns(parameters=_parameters_of(down),
+                            config={"round": down["round"], "float32": down["float32"]}))
+    context.state.config_records[CLIENT_STATE] = ConfigRecord({"state": _to_bytes(client.state_dict())})
+    reply = {"cid": cid, "num_examples": res.num_examples, "records": _to_bytes(records) if records else b""}
+    return Message(content=RecordDict({"fitres": _parameters_record(res.parameters, **reply),
+                                       "metrics": ConfigRecord(dict(res.metrics))}), reply_to=msg)
+
+
+def _client_app(path: str):
+    from flwr.client import ClientApp
+
+    app = ClientApp()
+
+    @app.train()
+    def train(msg, context):
+        return _client_train(msg, context, path)
+
+    return app
+
+
+def _reply_of(message) -> tuple[int, Any, list[UpdateRecord]]:
+    from flwr.common import Code, FitRes, Status
+
+    record, metrics = message.content.config_records["fitres"], message.content.config_records["metrics"]
+    res = FitRes(status=Status(code=Code.OK, message=""), parameters=_parameters_of(record),
+                 num_examples=int(record["num_examples"]), metrics=dict(metrics))
+    return int(record["cid"]), res, _from_bytes(record["records"]) if record["records"] else []
+
+
+def _client_error(reason: str) -> tuple[str, str]:
+    """The client's own exception message from a ray error reply, and the reply's whole report (ray wraps
+    the client's traceback in its own, with terminal colours)."""
+    report = re.sub(r"\x1b\[[0-9;]*m", "", reason)
+    message = report.rpartition("Message:")[2] if "Message:" in report else report
+    return message.strip().rstrip("'>").strip(), report
+
+
+def _node_ids(grid, count: int) -> list[int]:
+    """The ids of the simulation's ``count`` virtual nodes (they register while the ServerApp starts)."""
+    deadline = time.monotonic() + NODE_WAIT_S
+    while len(nodes := sorted(grid.get_node_ids())) < count:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"only {len(nodes)} of {count} simulated clients registered in "
+                               f"{NODE_WAIT_S} s")
+        time.sleep(0.05)
+    return nodes
+
+
+def _send_round(grid, nodes: Sequence[int], ins, rnd: int) -> list[tuple[int, Any, list[UpdateRecord]]]:
+    """Sends round ``rnd``'s FitIns to every node, waits for all replies; raises on a client's error."""
+    from flwr.common import Message, MessageType, RecordDict
+
+    config = {"round": rnd, "float32": bool(ins.config["float32"])}
+    messages = [Message(content=RecordDict({"fitins": _parameters_record(ins.parameters, **config)}),
+                        dst_node_id=node, message_type=MessageType.TRAIN, group_id=str(rnd))
+                for node in nodes]
+    replies = list(grid.send_and_receive(messages))
+    errors = [reply.error.reason for reply in replies if reply.has_error()]
+    if errors:
+        message, report = _client_error(errors[0])
+        raise RuntimeError(f"federated round {rnd}: {len(errors)} of {len(nodes)} clients failed; the first "
+                           f"error: {message}\n(the client's report: {report})")
+    if len(replies) != len(nodes):
+        raise RuntimeError(f"federated round {rnd}: {len(replies)} replies from {len(nodes)} clients")
+    return [_reply_of(reply) for reply in replies]
+
+
+def _server_app(server: _FederatedServer, config: FederatedConfig, results: list[RoundResult]):
+    from flwr.server import ServerApp
+
+    app = ServerApp()
+
+    @app.main()
+    def main(grid, context):
+        nodes = _node_ids(grid, config.clients)
+        for rnd in range(1, config.rounds + 1):
+            replies = sorted(_send_round(grid, nodes, server.downstream(rnd), rnd), key=lambda r: r[0])
+            if server.observer is not None:  # in the order the in-process engine reports them
+                for _, _, records in replies:
+                    for record in records:
+                        server.observer(record)
+            results.append(server.aggregate(rnd, [(cid, res) for cid, res, _ in replies]))
+
+    return app
+
+
+def _backend_config(config: FederatedConfig) -> dict:
+    """Ray resources: ``client_cpus``/``client_gpus`` per client, and no more CPUs than the clients can use
+    at once (each ray actor is a process of its own, with its own copy of torch and the data)."""
+    cpus = max(config.client_cpus, min(os.cpu_count() or 1, config.clients * config.client_cpus))
+    return {"client_resources": {"num_cpus": config.client_cpus, "num_gpus": float(config.client_gpus)},
+            "init_args": {"num_cpus": int(math.ceil(cpus)), "object_store_memory": 200 * 2**20,
+                          "include_dashboard": False, "logging_level": "error", "log_to_driver": False}}
+
+
+def _run_simulation(server: _FederatedServer, path: str, config: FederatedConfig) -> list[RoundResult]:
+    """The rounds on Flower's simulation engine: ServerApp in a driver thread, clients in ray actors."""
+    from flwr.simulation import run_simulation
+
+    results: list[RoundResult] = []
+    run_simulation(server_app=_server_app(server, config, results), client_app=_client_app(path),
+                   num_supernodes=config.clients, backend_config=_backend_config(config))
+    if len(results) != config.rounds:
+        raise RuntimeError(f"Flower's simulation ended after {len(results)} of {config.rounds} rounds")
+    return results
+
+
+@contextlib.contextmanager
+def _flower_environment() -> Iterator[None]:
+    """Flower and ray settings for a run started from Python: no usage telemetry (read when flwr is first
+    imported), ray's present GPU visibility for actors without GPUs (also silences its warning about a
+    future change), and flwr's console logger at ERROR: it logs at DEBUG by default, and warns about
+    ``run_simulation``'s deprecation (module docstring) and FedAvg's unused metrics on every run."""
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    try:
+        import flwr.common  # noqa: F401  (configures the "flwr" logger)
+    except ImportError as error:
+        raise ImportError('ecqx federate needs Flower: pip install "ecqx[federated]"') from error
+
+    logger = logging.getLogger("flwr")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def run_federated(module: pl.LightningModule, datamodule: pl.LightningDataModule,
+                  config: FederatedConfig, float32: bool = False,
+                  observer: UpdateObserver | None = None) -> list[RoundResult]:
+    """Runs ``config.rounds`` rounds of NNC-coded FedAvg on ``config.engine`` (module docstring); returns
+    the per-round results.
+
+    ``float32=True``: the baseline, the same rounds without NNC coding (float32 parameters both ways; the
+    bytes counted are 4 per value, per client and direction). ``observer``: called with an
+    :class:`UpdateRecord` for every NNC difference update sent (both directions, in send order: each round
+    the downstream, then the clients' upstream in client-id order), e.g. to code the same updates with
+    another codec; with the simulation engine the clients' records come back with their replies."""
+    if config.engine == "simulation":
+        _require_ray()
+    with _flower_environment():
+        pl.seed_everything(config.seed, workers=True, verbose=False)
+        if config.engine == "simulation":
+            payload = _ClientPayload(module, datamodule, config, observer is not None)
+            with _client_payload(payload) as path:  # before the driver sets the datamodule up
+                datamodule.setup("fit")
+                server = _FederatedServer(module, datamodule.test_dataloader(), config, float32, observer)
+                return _run_simulation(server, path, config)
+        train_loader, shards = _training_split(datamodule, config)
+        server = _FederatedServer(module, datamodule.test_dataloader(), config, float32, observer)
+        return _run_inprocess(server, module, train_loader, shards, config, observer)
 
 
 # ------------------------------------------------------------------------------------------------ command
