@@ -367,14 +367,15 @@ def _read_lps(r: BitReader) -> tuple[int | None, int | None]:
     return qp_density, qp_base
 
 
-def _read_codebook(r: BitReader) -> tuple[list[int], int, int]:
+def _read_codebook(r: BitReader, name: str) -> tuple[list[int], int, int]:
     egk = r.u(4, "codebook_egk")
     size = r.ue(2, "codebook_size")
     if not 1 <= size <= MAX_CODEBOOK_SIZE:
-        raise BitstreamError(f"codebook_size {size} outside 1..{MAX_CODEBOOK_SIZE}")
+        raise BitstreamError(f"tensor {name!r}: codebook_size {size} outside 1..{MAX_CODEBOOK_SIZE}")
     zero_offset = (size >> 1) + r.ie(2, "codebook_centre_offset")
     if not 0 <= zero_offset < size:
-        raise BitstreamError(f"codebook zero offset {zero_offset} outside 0..{size - 1}")
+        raise BitstreamError(f"tensor {name!r}: codebook zero offset {zero_offset} (codebook_centre_offset) "
+                             f"outside 0..{size - 1}")
     values = [0] * size
     values[zero_offset] = r.ie(7, "codebook_zero_value")
     for j in range(zero_offset - 1, -1, -1):
@@ -382,7 +383,7 @@ def _read_codebook(r: BitReader) -> tuple[list[int], int, int]:
     for j in range(zero_offset + 1, size):
         values[j] = values[j - 1] + r.ue(egk, "codebook_delta_right") + 1
     if values[0] < -(2**31) + 1 or values[-1] > 2**31 - 1:
-        raise BitstreamError("codebook values exceed the int32 range")
+        raise BitstreamError(f"tensor {name!r}: codebook values exceed the int32 range")
     return values, zero_offset, egk
 
 
@@ -439,7 +440,7 @@ def _read_ndu_header(r: BitReader, profile: int, tensor_index: int, parent_signa
             _read_parent_fields(r, h)
     has_codebook_flag = payload_type in (PayloadType.NNR_PT_FLOAT, PayloadType.NNR_PT_BLOCK)
     if has_codebook_flag and r.u(1, "codebook_present_flag"):
-        h.codebook, h.codebook_zero_offset, h.codebook_egk = _read_codebook(r)
+        h.codebook, h.codebook_zero_offset, h.codebook_egk = _read_codebook(r, h.name)
     if payload_type in (PayloadType.NNR_PT_INT, PayloadType.NNR_PT_FLOAT, PayloadType.NNR_PT_BLOCK):
         h.dq = bool(r.u(1, "dq_flag")) and payload_type != PayloadType.NNR_PT_INT
     if ddf_present:

@@ -31,12 +31,13 @@ import torch
 from ecqx.coding import hls
 from ecqx.coding.blocks import Block, check_block_description, plan_units
 from ecqx.coding.common import DEFAULT_MAX_ELEMENTS
-from ecqx.coding.decoder import MAX_POSITIONS_PER_BYTE, PAYLOAD_SLACK_BYTES, _coded_positions
-from ecqx.coding.encoder import encode_block_payload
+from ecqx.coding.decoder import MAX_POSITIONS_PER_BYTE, PAYLOAD_SLACK_BYTES, _coded_positions, _map_codebook
+from ecqx.coding.encoder import _cheapest_egk, encode_block_payload
 from ecqx.coding.errors import BitstreamError
 from ecqx.coding.hls import NduHeader, PayloadType
 from ecqx.coding.model import decode_state_dict
 from ecqx.coding.native import load_native
+from ecqx.coding.normalise import _codebook_list
 from ecqx.coding.quant import MAX_QP_DENSITY, quantize_tensor, step_size
 
 STATE_VERSION = 1
@@ -50,10 +51,25 @@ class _Tensor:
     """One tensor of an update, ready to code."""
 
     name: str
-    levels: torch.Tensor  # int32, CPU, contiguous, original shape
+    levels: torch.Tensor  # int32, CPU, contiguous, original shape; codebook tensors: index - zero offset
     payload_type: PayloadType
     qp: int | None = None
     dq: bool = False
+    codebook: list[int] | None = None  # strictly increasing integer codebook (levels are coded indices)
+    cb_zero: int = 0  # CbZeroOffset: the codebook index coded as 0
+    cb_egk: int = 0
+
+    @property
+    def cb_size(self) -> int:
+        return len(self.codebook) if self.codebook is not None else 0
+
+    def is_zero(self) -> bool:
+        """True when every value of the update is 0 (then it gets no data unit)."""
+        if self.codebook is not None:
+            # coded indices are all 0 also for a constant nonzero tensor (codebook [c]); NNCodec skips that
+            # unit too and its decoder then never learns c. We code it (a one-entry codebook costs no bins).
+            return self.codebook == [0]
+        return not bool(self.levels.any())
 
 
 @dataclass
@@ -152,8 +168,17 @@ class UpdateEncoder:
     weight's dimensions out of band: the receiving :class:`UpdateDecoder` knows them from its state or its
     ``shapes``.
 
+    ``codebook_mode`` 1 codes every quantized float tensor with a codebook, as NNCodec's ``codebook_mode=1``
+    does: float tensors are quantized uniformly without dependent quantization (with ``use_dq`` at a qp
+    ``1 << qp_density`` lower, NNCodec's stand-in for DQ), the codebook is the sorted set of their levels, and
+    the zero offset (the codebook index coded as 0) is the one NNCodec's search picks. TCA and HDSP then work
+    on the coded indices (codebook index minus zero offset), as in NNCodec. Quantized tensor descriptions with
+    a ``codebook`` are coded with that codebook whatever ``codebook_mode`` is. Codebook tensors are not
+    written in NNR_PT_BLOCK units.
+
     With the same options and the same sequence of updates, the bytes equal those of NNCodec 2.1.3's
-    ``compress(..., compress_differences=True, approx_param_base=state, update_base_param=True)``.
+    ``compress(..., compress_differences=True, approx_param_base=state, update_base_param=True)`` (one
+    exception, see coding/README.md: a codebook tensor whose update is one nonzero value everywhere).
     """
 
     def __init__(
@@ -172,8 +197,13 @@ class UpdateEncoder:
         scan_order: int = 0,
         cabac_unary_length_minus1: int = 10,
         block_id_and_param_type: Mapping | None = None,
+        codebook_mode: int = 0,
     ) -> None:
+        self.codebook_mode = _check_int("codebook_mode", codebook_mode, 0, 1)
         if block_id_and_param_type is not None:
+            if self.codebook_mode:
+                raise ValueError("codebook_mode=1 cannot be combined with block_id_and_param_type: codebook "
+                                 "tensors are not written in NNR_PT_BLOCK units")
             types, ids = check_block_description(block_id_and_param_type)
             block_id_and_param_type = {"parameter_type": types, "block_identifier": ids}
         self.block_id_and_param_type = block_id_and_param_type
@@ -194,6 +224,9 @@ class UpdateEncoder:
         self.cabac_unary_length_minus1 = _check_int(
             "cabac_unary_length_minus1", cabac_unary_length_minus1, 0, 255
         )
+        if self.codebook_mode and self.cabac_unary_length_minus1 == 0:
+            # NNCodec's zero-offset search codes with cabac_unary_length_minus1 greater-than flags: none here
+            raise ValueError("codebook_mode=1 needs cabac_unary_length_minus1 >= 1")
         self._nodes: dict[str, _Node] = {}
         self._updates = 0
 
@@ -215,6 +248,7 @@ class UpdateEncoder:
                 "scan_order",
                 "cabac_unary_length_minus1",
                 "block_id_and_param_type",
+                "codebook_mode",
             )
         }
 
@@ -241,7 +275,8 @@ class UpdateEncoder:
             raise ValueError(
                 f"UpdateEncoder state_dict version {state.get('version')!r} is not {STATE_VERSION}"
             )
-        options = state.get("options", {})
+        options = dict(state.get("options", {}))
+        options.setdefault("codebook_mode", 0)  # states written before codebook_mode existed
         for key, value in self._options().items():
             if options.get(key) != value:
                 raise ValueError(
@@ -257,8 +292,6 @@ class UpdateEncoder:
         if not isinstance(name, str) or "\x00" in name:
             raise TypeError(f"tensor names must be str without NUL characters, got {name!r}")
         if hasattr(value, "levels") and hasattr(value, "qp"):
-            if getattr(value, "codebook", None) is not None:
-                raise ValueError(f"tensor {name!r}: codebook tensors are not supported in difference updates")
             density = getattr(value, "qp_density", self.qp_density)
             if density != self.qp_density:
                 raise ValueError(
@@ -270,6 +303,12 @@ class UpdateEncoder:
                 raise TypeError(f"tensor {name!r}: levels must be integers, got {levels.dtype}")
             step_size(int(value.qp), self.qp_density)
             dq = bool(getattr(value, "dq", False))
+            codebook = getattr(value, "codebook", None)
+            if codebook is not None:
+                if dq:
+                    raise ValueError(f"tensor {name!r}: codebook tensors cannot use dependent quantization "
+                                     "(dq=True)")
+                return self._codebook_tensor(name, levels, int(value.qp), _codebook_list(name, codebook))
             return _Tensor(name, self._int32(name, levels, dq), PayloadType.NNR_PT_FLOAT, int(value.qp), dq)
         if isinstance(value, np.ndarray):
             value = torch.from_numpy(np.ascontiguousarray(value))
@@ -287,6 +326,12 @@ class UpdateEncoder:
             role = (self.block_id_and_param_type or {}).get("parameter_type", {}).get(name)
             is_weight = role == "weight" if role is not None else value.dim() >= 2
             qp = self.qp if is_weight else self.nonweight_qp
+            if self.codebook_mode:
+                # NNCodec's codebook approximator: no DQ; with use_dq a finer step stands in for it
+                qp -= (1 << self.qp_density) if self.use_dq else 0
+                coded = quantize_tensor(value, qp, self.qp_density, dq=False)
+                levels = coded.levels.contiguous()
+                return self._codebook_tensor(name, levels, coded.qp, torch.unique(levels).tolist())
             coded = quantize_tensor(
                 value,
                 qp,
@@ -296,6 +341,37 @@ class UpdateEncoder:
             )
             return _Tensor(name, coded.levels.contiguous(), PayloadType.NNR_PT_FLOAT, coded.qp, coded.dq)
         return _Tensor(name, self._int32(name, value, False), PayloadType.NNR_PT_INT)
+
+    def _codebook_tensor(self, name: str, levels: torch.Tensor, qp: int, codebook: list[int]) -> _Tensor:
+        """A codebook-coded tensor: `levels` (codebook values) become indices minus the zero offset that
+        NNCodec's search chooses, with the cheapest Exp-Golomb order for the codebook deltas."""
+        cb = torch.tensor(codebook, dtype=torch.int64)
+        values = levels.detach().to("cpu", torch.int64).contiguous()
+        if values.numel() == 0:
+            raise ValueError(f"tensor {name!r} is empty; NNC cannot code tensors with a zero dimension")
+        index = torch.searchsorted(cb, values).clamp(max=len(codebook) - 1)
+        if not bool((cb[index] == values).all()):
+            bad = int(values[cb[index] != values][0])
+            raise ValueError(f"tensor {name!r}: level {bad} is not an entry of its codebook {codebook}")
+        index = index.to(torch.int32)
+        zero = self._nncodec_zero_offset(index, len(codebook))
+        return _Tensor(name, (index - zero).contiguous(), PayloadType.NNR_PT_FLOAT, qp, False,
+                       codebook=list(codebook), cb_zero=zero, cb_egk=_cheapest_egk(list(codebook), zero))
+
+    def _nncodec_zero_offset(self, index: torch.Tensor, size: int) -> int:
+        """NNCodec's choice of the codebook zero offset: the one whose shifted indices take the fewest bytes
+        in a plain profile-0 coding (raster scan, no DQ, no codebook bounds, parameter optimisation on, one
+        greater-than flag fewer than the real coding uses); ties keep the smaller offset. It ignores TCA, HDSP
+        and row skipping, so the real payload is not always smallest with it, but its bytes are NNCodec's."""
+        rows, width = _geometry(tuple(index.shape))
+        native = load_native()
+        best, best_len, n1 = 0, None, self.cabac_unary_length_minus1
+        for zero in range(size):
+            payload, _ = native.encode_payload(index - zero, rows, width, 0, False, n1, 0, 0, 0, False, 8,
+                                               False, True, 0)
+            if best_len is None or len(payload) < best_len:
+                best, best_len = zero, len(payload)
+        return best
 
     @staticmethod
     def _int32(name: str, levels: torch.Tensor, dq: bool) -> torch.Tensor:
@@ -330,8 +406,8 @@ class UpdateEncoder:
             _header_scan_order(tuple(t.levels.shape), self.scan_order),
             t.dq,
             self.cabac_unary_length_minus1 + 1,
-            0,
-            0,
+            t.cb_size,
+            t.cb_zero,
             is_float,
             6 + self.qp_density,
             self.row_skipping,
@@ -351,7 +427,7 @@ class UpdateEncoder:
         is_float = t.payload_type == PayloadType.NNR_PT_FLOAT
         load_native().decode_update_payload(
             payload, out, rows, width, _header_scan_order(tuple(t.levels.shape), self.scan_order), t.dq,
-            self.cabac_unary_length_minus1 + 1, 0, 0, is_float, 6 + self.qp_density, True,
+            self.cabac_unary_length_minus1 + 1, t.cb_size, t.cb_zero, is_float, 6 + self.qp_density, True,
             _EMPTY_I32 if base is None else base.reshape(-1), history)
         return out
 
@@ -370,6 +446,10 @@ class UpdateEncoder:
         """Appends the NNR_PT_BLOCK unit of one block (none when all its tensors are zero); returns what the
         state records for its tensors."""
         members = [by_name[name] for name, _ in block.members]
+        for t in members:
+            if t.codebook is not None:
+                raise ValueError(f"tensor {t.name!r} of block {block.block_id!r}: codebook tensors are not "
+                                 "written in NNR_PT_BLOCK units")
         if not any(bool(t.levels.any()) for t in members):
             return []
         for t in members:
@@ -473,7 +553,7 @@ class UpdateEncoder:
                 coded += self._encode_block(unit, by_name, ids[unit.weight], parts)
                 continue
             t, index = by_name[unit], ids[unit]
-            if not bool(t.levels.any()):
+            if t.is_zero():
                 continue  # an all-zero update tensor has no data unit (NNCodec's skipped NDU)
             node = self._nodes.get(t.name)
             base = node.base if (self.tca and node is not None) else None
@@ -503,6 +583,9 @@ class UpdateEncoder:
                 parent_node_id_present=True,
                 temporal_context_modeling=base is not None,
                 parent_device_id=self.parent_device_id,
+                codebook=t.codebook,
+                codebook_zero_offset=t.cb_zero,
+                codebook_egk=t.cb_egk,
             )
             parts.append(hls.write_ndu(header, PROFILE, payload, parent_signalling=True))
             coded.append((t, index, stored))
@@ -524,7 +607,8 @@ class UpdateEncoder:
 # ------------------------------------------------------------------------------------------------ decoder
 @dataclass
 class DecodedUpdateTensor:
-    """One tensor of a decoded update: integers, qp and the data unit's update fields."""
+    """One tensor of a decoded update: integers (codebook values for codebook tensors), qp and the data unit's
+    update fields."""
 
     name: str
     levels: torch.Tensor
@@ -537,6 +621,8 @@ class DecodedUpdateTensor:
     device_id: int
     tca: bool
     hdsp: bool
+    codebook: torch.Tensor | None = None  # int32 codebook of a codebook-coded tensor (levels are its values)
+    codebook_zero_offset: int = 0  # the codebook index coded as 0
 
     @property
     def step(self) -> float | None:
@@ -559,6 +645,9 @@ class UpdateDecoder:
     Streams that do not fit the state raise :class:`BitstreamError` naming the problem: a TCA data unit whose
     tensor has no earlier update (missing base), a put_node_depth that does not follow the last decoded update
     of the tensor, a parameter_id or device_id other than the parent's.
+
+    Codebook units (NNCodec's ``codebook_mode``) decode to their codebook values; their TCA base and HDSP
+    history are the coded integers (codebook index minus zero offset), as NNCodec's decoder keeps them.
 
     NNR_PT_BLOCK units (a weight with its bias, batch-norm or local-scaling vectors) are decoded to their
     tensors. NNCodec writes them without the weight's dimensions in update streams; this decoder takes them
@@ -748,6 +837,7 @@ class UpdateDecoder:
             )
         device = self._device_id
         results: dict[str, DecodedUpdateTensor] = {}
+        coded: dict[str, torch.Tensor] = {}  # coded integers of codebook tensors (their state)
         for ndu in stream.ndus:
             h = ndu.header
             for name, _ in h.tensors():
@@ -758,9 +848,10 @@ class UpdateDecoder:
                     f"tensor {h.name!r}: payload type {h.payload_type.name} is not supported "
                     "in difference updates"
                 )
-            if h.codebook is not None:
+            if h.codebook is not None and h.payload_type == PayloadType.NNR_PT_BLOCK:
                 raise BitstreamError(
-                    f"tensor {h.name!r}: codebook data units are not supported in difference updates"
+                    f"NNR_PT_BLOCK unit of {h.name!r}: codebook_present_flag = 1 (a codebook for the block's "
+                    "weight) is not supported in difference updates"
                 )
             node = self._nodes.get(h.name)
             self._check_parent(h, node, device)
@@ -791,8 +882,8 @@ class UpdateDecoder:
                     h.scan_order,
                     h.dq,
                     h.cabac_unary_length_minus1 + 1,
-                    0,
-                    0,
+                    len(h.codebook) if h.codebook is not None else 0,
+                    h.codebook_zero_offset,
                     is_float,
                     6 + (ndu.qp_density or 0) if is_float else 8,
                     h.parent_node_id_present,
@@ -815,6 +906,13 @@ class UpdateDecoder:
                     step_size(qp, ndu.qp_density)
                 except ValueError as exc:
                     raise BitstreamError(f"tensor {h.name!r}: {exc}") from exc
+            codebook = None
+            if h.codebook is not None:
+                # TCA base and HDSP history are the coded integers (index - zero offset), as NNCodec keeps
+                # them; the result holds the codebook values
+                coded[h.name] = out.clone()
+                _map_codebook(h, out)
+                codebook = torch.tensor(h.codebook, dtype=torch.int32)
             results[h.name] = DecodedUpdateTensor(
                 name=h.name,
                 levels=out,
@@ -827,16 +925,19 @@ class UpdateDecoder:
                 device_id=h.device_id,
                 tca=h.temporal_context_modeling,
                 hdsp=bool(hdsp),
+                codebook=codebook,
+                codebook_zero_offset=h.codebook_zero_offset if codebook is not None else 0,
             )
         # commit the state
         for name, t in results.items():
+            levels = coded.get(name, t.levels)
             node = self._nodes.setdefault(name, _Node())
-            node.base = t.levels.clone()
+            node.base = levels.clone()
             # an update takes the depth it declares (checked above against a known parent); a data unit
             # without parent (a base model in an update sequence) counts one more, as NNCodec's state does
             node.depth = t.put_node_depth if t.put_node_depth > 0 else node.depth + 1
             node.parameter_id = t.parameter_id
-            _add_history(node, t.levels)
+            _add_history(node, levels)
         self._device_id = device
         self._updates += 1
         return results

@@ -111,6 +111,31 @@ def _roundtrip_records(rs: np.random.RandomState) -> list[bytes]:
     return records
 
 
+def _block_records(rs: np.random.RandomState) -> tuple[list[bytes], int]:
+    """NNR_PT_BLOCK codewords (a weight and its 1-D companions, as the PT_BLOCK coder writes them), with and
+    without TCA/HDSP, DQ, codebook bounds, scans and qp deltas; the driver round-trips each and decodes
+    damaged copies. Returns the records and how many there are."""
+    records = []
+    for i, (rows, width) in enumerate([(6, 4), (40, 27), (9, 1), (33, 70), (1, 5)]):
+        for scan_order, dq, tca, hdsp, cb in [(0, 0, 0, 0, 0), (1, 1, 1, 0, 0), (2, 0, 1, 1, 0),
+                                               (0, 0, 1, 1, 7), (4, 1, 0, 1, 0), (3, 0, 0, 0, 5)]:
+            shapes = [(rows, width), (rows, 1), (rows, 1)]
+            body = struct.pack("<BBI", tca, hdsp, len(shapes))
+            for r, w in shapes:
+                n = r * w
+                if cb:  # coded codebook indices lie in [-zero, cb - 1 - zero]; zero = 2 here
+                    levels = rs.randint(-2, cb - 2, size=n) * (rs.rand(n) < 0.6)
+                else:
+                    levels = np.round(rs.randn(n) * 5) * (rs.rand(n) < 0.5)
+                    if i == 1:  # extreme magnitudes (40×27 and 40×1 tensors)
+                        levels[:2] = [2**31 - 1, -(2**31 - 1)]
+                body += struct.pack("<qq", r, w) + levels.astype("<i4").tobytes()
+            records.append(_record(3, 0, 0, body, scan_order=scan_order, dq=dq, profile=1, cb_size=cb,
+                                   cb_zero=2 if cb else 0, has_qp=1, qp_bits=8, row_skip=int(rs.rand() < 0.5),
+                                   param_opt=int(rs.rand() < 0.7), qp_delta=int(rs.randint(-128, 128))))
+    return records, len(records)
+
+
 def _trellis_record(rows: int, width: int, scan_order: int, qscale: float, weights: np.ndarray) -> bytes:
     data = struct.pack("<d", qscale) + np.ascontiguousarray(weights, dtype="<f4").tobytes()
     return _record(2, rows, width, data, scan_order=scan_order)
@@ -136,7 +161,7 @@ def _trellis_records(rs: np.random.RandomState) -> tuple[list[bytes], int, int]:
     return good + bad, len(good), len(bad)
 
 
-def _build_corpus(oracle) -> tuple[list[bytes], int, int]:
+def _build_corpus(oracle) -> tuple[list[bytes], int, int, int]:
     rng = random.Random(4242)
     rs = np.random.RandomState(4242)
     records: list[bytes] = []
@@ -158,8 +183,10 @@ def _build_corpus(oracle) -> tuple[list[bytes], int, int]:
         records.append(_record(0, rows, width, data, scan_order=rng.randrange(5), dq=i % 2,
                                has_qp=(i // 2) % 2, profile=(i // 4) % 2, num_gtx=rng.choice([1, 11, 31])))
     records += _roundtrip_records(rs)
+    blocks, block_count = _block_records(rs)
+    records += blocks
     trellis, trellis_ok, trellis_rejected = _trellis_records(rs)
-    return records + trellis, trellis_ok, trellis_rejected
+    return records + trellis, trellis_ok, trellis_rejected, block_count
 
 
 @pytest.fixture(scope="module")
@@ -178,7 +205,7 @@ def sanitized_driver(tmp_path_factory) -> Path:
 
 
 def test_core_survives_mutated_payloads_under_asan_ubsan(sanitized_driver, oracle, tmp_path):
-    records, trellis_ok, trellis_rejected = _build_corpus(oracle)
+    records, trellis_ok, trellis_rejected, block_count = _build_corpus(oracle)
     assert len(records) > 3000
     corpus = tmp_path / "corpus.bin"
     corpus.write_bytes(b"".join(records))
@@ -200,5 +227,7 @@ def test_core_survives_mutated_payloads_under_asan_ubsan(sanitized_driver, oracl
     assert counts["roundtrip_rejected"] == 0, report
     # the trellis quantized every valid input (levels that survive a round trip), rejected every invalid one
     assert counts["trellis_ok"] == trellis_ok and counts["trellis_rejected"] == trellis_rejected, counts
+    # every block record was encoded and round-tripped (no skips, no usage errors)
+    assert counts["blocks"] == block_count, counts
     # "overruns" (a damaged payload that decodes only by reading past its end) are legal for the core: its
     # caller compares the consumed byte count with the NNC unit size (asserted in tests/test_robustness.py)
