@@ -1,14 +1,22 @@
-"""``ecqx federate``: FedAvg on Flower (in-process) with NNC-coded updates up and down; Dirichlet split."""
+"""``ecqx federate``: FedAvg on Flower with NNC-coded updates up and down; Dirichlet split; both engines.
+
+Most tests run the in-process engine (``DIGITS``: ``engine: inprocess``): every start of Flower's simulation
+engine costs ray's start-up and its actors' imports (~20 s on a small machine). The simulation engine is
+tested against it: equal bytes, accuracies and update records, client errors, missing ray."""
 
 from __future__ import annotations
 
 import json
+import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 import torch
 import yaml
 
+from ecqx.training import federated as fed
 from ecqx.training.cli import main
 from ecqx.training.federated import dirichlet_split
 
@@ -22,8 +30,19 @@ DIGITS = {
         "optimizer": {"class_path": "torch.optim.Adam", "init_args": {"lr": 0.01}}}},
     "data": {"class_path": "ecqx.training.DigitsDataModule",
              "init_args": {"batch_size": 32, "val_size": 0.1, "test_size": 0.2, "seed": 0}},
-    "federated": {"clients": 3, "rounds": 2, "local_epochs": 1, "alpha": 0.5, "seed": 0},
+    "federated": {"clients": 3, "rounds": 2, "local_epochs": 1, "alpha": 0.5, "seed": 0,
+                  "engine": "inprocess"},
 }
+
+
+def _instantiate(tmp_path, **federated):
+    """The recipe objects of DIGITS with ``federated`` overrides, parsed and seeded as ``ecqx federate``."""
+    recipe = tmp_path / "fed.yaml"
+    recipe.write_text(yaml.safe_dump({**DIGITS, "federated": {**DIGITS["federated"], **federated}}))
+    parser = fed._parser()
+    cfg = parser.parse_args(["--config", str(recipe)])
+    pl.seed_everything(cfg.federated.seed, workers=True, verbose=False)
+    return parser.instantiate_classes(cfg)
 
 
 def test_dirichlet_split_partitions_and_is_non_iid():
@@ -108,13 +127,15 @@ def test_federate_bad_value_names_the_key(tmp_path, capsys):
 def test_federated_mnist_recipe_runs_one_small_round(shared_dir, tmp_path, monkeypatch):
     recipe = yaml.safe_load(RECIPE.read_text())
     assert recipe["federated"]["clients"] == 10 and recipe["federated"]["alpha"] == 0.5
+    assert recipe["federated"].get("engine", "simulation") == "simulation"  # Flower's engine by default
     assert recipe["data"]["init_args"]["root"] == "data/mnist"
     monkeypatch.chdir(tmp_path)
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "mnist").symlink_to(shared_dir / "data" / "mnist")
     out = tmp_path / "r.json"
     argv = ["federate", "--config", str(RECIPE), "--results", str(out), "--federated.rounds", "1",
-            "--federated.limit_train_batches", "2", "--data.init_args.limit", "2000"]
+            "--federated.limit_train_batches", "2", "--data.init_args.limit", "2000",
+            "--federated.engine", "inprocess"]  # 10 clients: in-process is faster here than ray's start
     assert main(argv) == 0
     rounds = json.loads(out.read_text())["rounds"]
     assert len(rounds) == 1 and rounds[0]["bytes_up"] < rounds[0]["float32_bytes"] / 2
@@ -151,3 +172,89 @@ def test_federate_float32_baseline_counts_float32_bytes_and_writes_plot(tmp_path
     assert plain.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
     # same loop, same seeds: the NNC run is unchanged by the baseline run beside it
     assert json.loads(plain.read_text())["rounds"] == report["rounds"]
+
+
+def _same_records(a: list, b: list) -> bool:
+    return len(a) == len(b) and all(
+        (x.direction, x.round, x.sender, x.data) == (y.direction, y.round, y.sender, y.data)
+        and x.difference.keys() == y.difference.keys()
+        and all(torch.equal(x.difference[k], y.difference[k]) for k in x.difference)
+        for x, y in zip(a, b, strict=True))
+
+
+def test_simulation_engine_equals_inprocess_engine(tmp_path):
+    """Flower's simulation engine (clients in ray actors, state in the node contexts) gives the bytes,
+    accuracies and update records of the in-process loop, round by round (initial_model "nnc": round 1
+    sends the base, round 2 a difference update)."""
+    runs = {}
+    for engine in ("inprocess", "simulation"):
+        init = _instantiate(tmp_path, clients=2, rounds=2, limit_train_batches=2, initial_model="nnc",
+                            engine=engine)
+        records = []
+        results = fed.run_federated(init.model, init.data, init.federated, observer=records.append)
+        runs[engine] = ([asdict(r) for r in results], records)
+    (inprocess, inprocess_records), (simulation, simulation_records) = runs["inprocess"], runs["simulation"]
+    assert simulation == inprocess
+    assert [r["round"] for r in simulation] == [1, 2] and all(r["bytes_up"] > 0 for r in simulation)
+    assert [(r.direction, r.round, r.sender) for r in simulation_records] == [
+        ("up", 1, 0), ("up", 1, 1), ("down", 2, None), ("up", 2, 0), ("up", 2, 1)]
+    assert _same_records(simulation_records, inprocess_records)
+
+
+def test_client_state_dict_round_trip_gives_identical_next_round_bytes(tmp_path):
+    """A client restored from its state_dict (through bytes, as the simulation engine keeps it) sends the
+    same next update as the client that kept running."""
+    init = _instantiate(tmp_path, clients=2, rounds=2, limit_train_batches=2)
+    config = init.federated
+    train_loader, shards = fed._training_split(init.data, config)
+    server = fed._FederatedServer(init.model, init.data.test_dataloader(), config)
+    client_class = fed._make_client_class()
+
+    def client(cid):
+        loader = fed._client_loader(train_loader, shards[cid], cid, config)
+        return client_class(cid, init.model, loader, config)
+
+    running, other = client(0), client(1)
+    first = server.downstream(1)
+    server.aggregate(1, [(0, running.fit(first)), (1, other.fit(first))])
+    restored = client(0)
+    restored.load_state_dict(fed._from_bytes(fed._to_bytes(running.state_dict())))
+    second = server.downstream(2)
+    expected, got = running.fit(second), restored.fit(second)
+    assert got.parameters.tensors == expected.parameters.tensors and len(got.parameters.tensors[0]) > 0
+    state, restored_state = running.state_dict(), restored.state_dict()
+    assert torch.equal(state["generator"], restored_state["generator"])  # the same batches next round
+    assert all(torch.equal(state["held"][k], restored_state["held"][k]) for k in state["held"])
+
+
+def test_simulation_client_error_is_raised_by_the_run(tmp_path):
+    """An exception inside a simulated client comes back as Flower's error reply: the run stops with it."""
+    init = _instantiate(tmp_path, clients=2, rounds=2, limit_train_batches=2, engine="simulation",
+                        accelerator="mps")  # Lightning raises in the client: no MPS on this platform
+    with pytest.raises(RuntimeError, match=r"round 1: 2 of 2 clients failed; the first error: .*MPS"):
+        fed.run_federated(init.model, init.data, init.federated)
+
+
+def test_simulation_engine_without_ray_names_the_extra_and_the_inprocess_engine(tmp_path, monkeypatch,
+                                                                                capsys):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
+    recipe = tmp_path / "fed.yaml"
+    config = {**DIGITS, "federated": {**DIGITS["federated"], "engine": "simulation"}}
+    recipe.write_text(yaml.safe_dump(config))
+    assert main(["federate", "--config", str(recipe)]) == 2
+    err = capsys.readouterr().err
+    assert 'pip install "ecqx[federated]"' in err and "--federated.engine inprocess" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_federated_config_checks_engine_and_resources():
+    with pytest.raises(ValueError, match="federated.engine"):
+        fed.FederatedConfig(engine="ray")
+    with pytest.raises(ValueError, match="federated.client_cpus"):
+        fed.FederatedConfig(client_cpus=0)
+    with pytest.raises(ValueError, match="federated.client_gpus"):
+        fed.FederatedConfig(client_gpus=-1)
+    config = fed.FederatedConfig(clients=3, client_cpus=2, client_gpus=0.5)
+    backend = fed._backend_config(config)
+    assert backend["client_resources"] == {"num_cpus": 2, "num_gpus": 0.5}
+    assert 2 <= backend["init_args"]["num_cpus"] <= 6  # at least one client, at most all three at once

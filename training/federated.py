@@ -524,8 +524,9 @@ def _require_ray() -> None:
 
 
 class _ClientPayload(NamedTuple):
-    """What every simulated client needs besides its message: the recipe's objects (the datamodule not
-    set up by the driver, so that it stays small) and whether update records go back to an observer."""
+    """What every simulated client needs besides its message: the recipe's model and datamodule (each
+    actor sets its own copy up, as the driver does), the config, and whether update records go back to an
+    observer."""
 
     template: pl.LightningModule
     datamodule: pl.LightningDataModule
