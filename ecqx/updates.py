@@ -20,7 +20,8 @@ never drift apart: the residual after any update is :meth:`UpdateQuantizer.resid
 
 Integer tensors (BatchNorm's ``num_batches_tracked``) are sent as exact integer differences. Tensors of two or
 more dimensions use ``bits`` and the entropy weight ``lam`` (scaled per tensor by
-:func:`ecqx.entropy.size_decay`, as ECQ does); the others (biases, norms) use ``nonweight_bits`` and
+:func:`ecqx.entropy.size_decay`, as ECQ does, unless ``size_decay=False``: then every tensor gets the same
+weight); the others (biases, norms) use ``nonweight_bits`` and
 ``nonweight_lam`` (default 0: the nearest grid level).
 
 The result of :meth:`UpdateQuantizer.quantize` maps names to :class:`~ecqx.quantized.QuantizedTensor`
@@ -43,6 +44,8 @@ from ecqx.stepsize import QP_DENSITY_RANGE, nnc_step_size, snap_to_density
 
 STATE_KIND = "ecqx-update-quantizer"
 STATE_VERSION = 1
+# options that state_dicts written before the option existed do not record: the behaviour they had
+OPTIONS_BEFORE_THEY_WERE_RECORDED = {"size_decay": True}
 
 
 def qp_limits(qp_density: int) -> tuple[int, int]:
@@ -88,11 +91,15 @@ class UpdateQuantizer:
         nonweight_bits, nonweight_lam: the same for 0-/1-D tensors (biases, norms).
         qp_density: the NNC qp_density of every step (the update encoder's).
         percentile: the percentile of |d| the step is derived from.
+        size_decay: scale ``lam`` per tensor by its size relative to the largest (ECQ's layer rule, which
+            makes large tensors sparsest); ``False`` applies ``lam`` unscaled to every tensor. With error
+            feedback the unscaled weight keeps large layers learning: on federated MNIST/LeNet-5 it moved
+            the accuracy–bytes trade-off (benchmarks/results/bench_federated_sweep.md).
     """
 
     def __init__(self, base: Mapping[str, torch.Tensor], *, bits: int = 4, lam: float = 0.05,
                  nonweight_bits: int = 8, nonweight_lam: float = 0.0, qp_density: int = 2,
-                 percentile: float = DEFAULT_PERCENTILE) -> None:
+                 percentile: float = DEFAULT_PERCENTILE, size_decay: bool = True) -> None:
         check_bits(bits)
         check_bits(nonweight_bits)
         if isinstance(qp_density, bool) or qp_density not in QP_DENSITY_RANGE:
@@ -104,6 +111,9 @@ class UpdateQuantizer:
         self.nonweight_lam = check_nonnegative("nonweight_lam", nonweight_lam)
         self.qp_density = int(qp_density)
         self.percentile = float(percentile)
+        if not isinstance(size_decay, bool):
+            raise TypeError(f"size_decay must be a bool, got {type(size_decay).__name__}")
+        self.size_decay = size_decay
         if not isinstance(base, Mapping):
             raise TypeError(f"base must be a mapping of names to tensors, got {type(base).__name__}")
         self.reference: dict[str, torch.Tensor] = {}
@@ -168,7 +178,7 @@ class UpdateQuantizer:
         weight = delta.dim() >= 2
         bits = self.bits if weight else self.nonweight_bits
         lam = self.lam if weight else self.nonweight_lam
-        decay = size_decay(delta.numel(), max(n_max, delta.numel()))
+        decay = size_decay(delta.numel(), max(n_max, delta.numel())) if self.size_decay else 1.0
         grid = update_grid(delta, bits, self.qp_density, self.percentile)
         result = assign(delta.reshape(delta.shape if delta.dim() else (1,)), grid, lam, decay, "clean")
         levels = levels_of(result, grid).reshape(delta.shape).to(torch.int32)
@@ -188,7 +198,7 @@ class UpdateQuantizer:
     def _options(self) -> dict:
         return {"bits": self.bits, "lam": self.lam, "nonweight_bits": self.nonweight_bits,
                 "nonweight_lam": self.nonweight_lam, "qp_density": self.qp_density,
-                "percentile": self.percentile}
+                "percentile": self.percentile, "size_decay": self.size_decay}
 
     def load_state_dict(self, state: Mapping) -> None:
         """Restores :meth:`state_dict` of a quantizer with the same options (else ValueError naming one)."""
@@ -197,7 +207,7 @@ class UpdateQuantizer:
         if state.get("version") != STATE_VERSION:
             raise ValueError(f"UpdateQuantizer state_dict version {state.get('version')!r} is not "
                              f"{STATE_VERSION}")
-        options = state.get("options", {})
+        options = {**OPTIONS_BEFORE_THEY_WERE_RECORDED, **state.get("options", {})}
         for key, value in self._options().items():
             if options.get(key) != value:
                 raise ValueError(f"UpdateQuantizer state_dict was written with {key}={options.get(key)!r}, "

@@ -102,6 +102,33 @@ def test_federate_initial_model_nnc_sends_the_base_then_smaller_updates(tmp_path
     assert [r["bytes_down"] for r in report["baseline"]["rounds"]] == [4 * values * 2] * 2
 
 
+class BatchNormMLP(torch.nn.Module):
+    """An MLP with BatchNorm: ``num_batches_tracked`` is a 0-D int64 buffer the clients update."""
+
+    def __init__(self, in_features: int = 64, hidden: int = 16, num_classes: int = 10):
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Linear(in_features, hidden), torch.nn.BatchNorm1d(hidden),
+                                       torch.nn.ReLU(), torch.nn.Linear(hidden, num_classes))
+
+    def forward(self, x):
+        return self.net(x.flatten(1))
+
+
+def test_federate_batch_norm_model_averages_buffers(tmp_path):
+    recipe = tmp_path / "fed.yaml"
+    model = {"class_path": "test_federated.BatchNormMLP", "init_args": {"hidden": 16}}
+    config = {**DIGITS, "model": {**DIGITS["model"], "init_args": {**DIGITS["model"]["init_args"],
+                                                                   "model": model}},
+              "federated": {**DIGITS["federated"], "clients": 2, "limit_train_batches": 3,
+                            "engine": "inprocess"}}
+    recipe.write_text(yaml.safe_dump(config))
+    results = tmp_path / "fed.json"
+    assert main(["federate", "--config", str(recipe), "--results", str(results), "--baseline", "true"]) == 0
+    report = json.loads(results.read_text())
+    assert [r["round"] for r in report["rounds"]] == [1, 2]
+    assert all(0 <= r["accuracy"] <= 1 for r in report["rounds"] + report["baseline"]["rounds"])
+
+
 def test_federate_is_deterministic(tmp_path):
     recipe = tmp_path / "fed.yaml"
     config = {**DIGITS, "federated": {**DIGITS["federated"], "rounds": 1, "clients": 2,
@@ -124,21 +151,27 @@ def test_federate_bad_value_names_the_key(tmp_path, capsys):
     assert "up_bits" in capsys.readouterr().err
 
 
-def test_federated_mnist_recipe_runs_one_small_round(shared_dir, tmp_path, monkeypatch):
-    recipe = yaml.safe_load(RECIPE.read_text())
+@pytest.mark.parametrize("recipe_name, data_folder", [("federated_mnist_lenet5.yaml", "mnist"),
+                                                      ("federated_cifar10_resnet20.yaml", "cifar10-jpeg")])
+def test_federated_recipes_run_two_small_rounds(recipe_name, data_folder, shared_dir, tmp_path, monkeypatch):
+    path = RECIPE.parent / recipe_name
+    recipe = yaml.safe_load(path.read_text())
     assert recipe["federated"]["clients"] == 10 and recipe["federated"]["alpha"] == 0.5
     assert recipe["federated"].get("engine", "simulation") == "simulation"  # Flower's engine by default
-    assert recipe["data"]["init_args"]["root"] == "data/mnist"
+    assert recipe["data"]["init_args"]["root"] == f"data/{data_folder}"  # relative to the working folder
     monkeypatch.chdir(tmp_path)
     (tmp_path / "data").mkdir()
-    (tmp_path / "data" / "mnist").symlink_to(shared_dir / "data" / "mnist")
+    (tmp_path / "data" / data_folder).symlink_to(shared_dir / "data" / data_folder)
     out = tmp_path / "r.json"
-    argv = ["federate", "--config", str(RECIPE), "--results", str(out), "--federated.rounds", "1",
-            "--federated.limit_train_batches", "2", "--data.init_args.limit", "2000",
+    argv = ["federate", "--config", str(path), "--results", str(out), "--federated.rounds", "2",
+            "--federated.limit_train_batches", "2", "--data.init_args.limit", "1000",
             "--federated.engine", "inprocess"]  # 10 clients: in-process is faster here than ray's start
     assert main(argv) == 0
     rounds = json.loads(out.read_text())["rounds"]
-    assert len(rounds) == 1 and rounds[0]["bytes_up"] < rounds[0]["float32_bytes"] / 2
+    assert [r["round"] for r in rounds] == [1, 2]
+    assert rounds[0]["bytes_down"] == 0  # every participant builds the recipe's initial model
+    for r in rounds:  # the recipes' 2-/3-bit ECQ updates: far below float32 in both directions
+        assert 0 < r["bytes_up"] + r["bytes_down"] < 0.1 * r["float32_bytes"]
 
 
 def test_federate_float32_baseline_counts_float32_bytes_and_writes_plot(tmp_path, capsys):

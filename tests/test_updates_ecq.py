@@ -76,6 +76,38 @@ def test_entropy_weight_trades_nonzeros_for_distortion():
     assert counts[1] < counts[0]
 
 
+def test_size_decay_false_gives_every_tensor_the_same_entropy_weight():
+    # "big" holds 64 copies of "small"'s values: the same percentile, grid and level frequencies, so with one
+    # weight for both every value gets the same level in either tensor
+    g = torch.Generator().manual_seed(3)
+    small = torch.randn(8, 8, generator=g) * 1e-2
+    big = small.repeat(8, 8)
+    base = {"big": torch.zeros(64, 64), "small": torch.zeros(8, 8)}
+    current = {"big": big, "small": small}
+    uniform = UpdateQuantizer(base, bits=3, lam=0.4, size_decay=False).quantize(current)
+    assert torch.equal(uniform["big"].levels[:8, :8], uniform["small"].levels)
+    assert uniform["big"].qp == uniform["small"].qp
+    # ECQ's layer rule: the small tensor's weight is scaled down (decay < 1), so it keeps more nonzeros
+    scaled = UpdateQuantizer(base, bits=3, lam=0.4).quantize(current)
+    assert torch.equal(scaled["big"].levels, uniform["big"].levels)  # the largest tensor: decay 1 either way
+    assert int(scaled["small"].levels.count_nonzero()) > int(uniform["small"].levels.count_nonzero())
+
+
+def test_state_dict_without_size_decay_loads_as_the_scaled_rule():
+    base, states = _drift()
+    old = UpdateQuantizer(base, bits=4, lam=0.1)
+    old.quantize(states[0])
+    state = old.state_dict()
+    del state["options"]["size_decay"]  # a state_dict written before the option existed
+    resumed = UpdateQuantizer(base, bits=4, lam=0.1)
+    resumed.load_state_dict(state)
+    assert torch.equal(resumed.reference["w"], old.reference["w"])
+    with pytest.raises(ValueError, match="size_decay"):
+        UpdateQuantizer(base, bits=4, lam=0.1, size_decay=False).load_state_dict(state)
+    with pytest.raises(TypeError, match="size_decay"):
+        UpdateQuantizer(base, size_decay="no")
+
+
 def test_codec_rebuild_is_bit_exact_and_state_resumes():
     base, states = _drift(rounds=5)
     q = UpdateQuantizer(base, bits=4, lam=0.05)

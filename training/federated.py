@@ -98,6 +98,12 @@ class FederatedConfig:
         up_bits, up_lam: grid size and entropy weight of the client updates (≥ 2-D tensors).
         down_bits, down_lam: the same for the server's downstream updates.
         nonweight_bits: grid size of the updates of 0-/1-D tensors (both directions).
+        percentile: the grid step of an update tensor is this percentile of |difference| divided by
+            2^(bits−1) − 1 (:func:`ecqx.updates.update_grid`); below the weights' 99.9 because error
+            feedback re-sends what a coarse step drops, and a finer step costs less accuracy per byte.
+        size_decay: scale the entropy weights per tensor by size (ECQ's layer rule, ``UpdateQuantizer``'s
+            default) or not (``False``: every weight tensor gets ``up_lam``/``down_lam`` as is, so the large
+            layers keep learning; the better trade-off in benchmarks/results/bench_federated_sweep.md).
         qp_density, tca, row_skipping: NNC update coding settings.
         limit_train_batches: optional cap of local batches per epoch (Lightning's option).
         accelerator: Lightning accelerator of the client trainers.
@@ -123,6 +129,8 @@ class FederatedConfig:
     down_bits: int = 6
     down_lam: float = 0.0
     nonweight_bits: int = 8
+    percentile: float = 97.0
+    size_decay: bool = False
     qp_density: int = 2
     tca: bool = True
     row_skipping: bool = True
@@ -144,6 +152,8 @@ class FederatedConfig:
             raise ValueError(f"federated.engine must be one of {ENGINES}, got {self.engine!r}")
         if not self.alpha > 0:
             raise ValueError(f"federated.alpha must be > 0, got {self.alpha!r}")
+        if isinstance(self.percentile, bool) or not 0 < self.percentile <= 100:
+            raise ValueError(f"federated.percentile must be in (0, 100], got {self.percentile!r}")
         if isinstance(self.client_gpus, bool) or not self.client_gpus >= 0:
             raise ValueError(f"federated.client_gpus must be a number >= 0, got {self.client_gpus!r}")
         for name in ("up_bits", "down_bits", "nonweight_bits"):
@@ -337,7 +347,8 @@ def _make_client_class():
             zeros = {k: torch.zeros_like(v) for k, v in like.items()}
             config = self.config
             return UpdateQuantizer(zeros, bits=config.up_bits, lam=config.up_lam,
-                                   nonweight_bits=config.nonweight_bits, qp_density=config.qp_density)
+                                   nonweight_bits=config.nonweight_bits, qp_density=config.qp_density,
+                                   percentile=config.percentile, size_decay=config.size_decay)
 
         def _receive(self, parameters: Parameters) -> None:
             data = parameters.tensors[0] if parameters.tensors else b""
@@ -426,7 +437,9 @@ class _FederatedServer:
             self.up_decoders = [coding.UpdateDecoder() for _ in range(config.clients)]
             self.down_quantizer = UpdateQuantizer(self.held, bits=config.down_bits, lam=config.down_lam,
                                                   nonweight_bits=config.nonweight_bits,
-                                                  qp_density=config.qp_density)
+                                                  qp_density=config.qp_density,
+                                                  percentile=config.percentile,
+                                                  size_decay=config.size_decay)
             self.down_encoder = coding.UpdateEncoder(qp_density=config.qp_density, tca=config.tca,
                                                      row_skipping=config.row_skipping)
 
@@ -495,7 +508,7 @@ class _FederatedServer:
 
     def _held_dtypes(self, arrays: Sequence[np.ndarray]) -> dict[str, torch.Tensor]:
         return {k: torch.from_numpy(np.asarray(a)).to(self.held[k].dtype) if self.held[k].is_floating_point()
-                else torch.from_numpy(np.rint(np.asarray(a))).to(torch.int64)
+                else torch.from_numpy(np.asarray(a)).round().to(torch.int64)  # 0-D arrays stay tensors
                 for k, a in zip(self.names, arrays, strict=True)}
 
 
