@@ -44,6 +44,7 @@ SETTINGS = {
     "size decay of Λ (ECQ's layer rule)": (["--federated.size_decay", "true"], RECIPE_BASE),
     "step from P99.9 (not P97)": (["--federated.percentile", "99.9"], RECIPE_BASE),
     "8-bit bias updates (not 3)": (["--federated.nonweight_bits", "8"], RECIPE_BASE),
+    "Λ up 0.4, down 0.25": (["--federated.up_lam", "0.4", "--federated.down_lam", "0.25"], RECIPE_BASE),
     "Λ up 0.6, down 0.35": (["--federated.up_lam", "0.6", "--federated.down_lam", "0.35"], RECIPE_BASE),
     "1 local epoch": (["--federated.local_epochs", "1"], "float32 SGD, 1 epoch"),
 }
