@@ -48,7 +48,8 @@ def reach(rounds: list[dict], target: float) -> dict | None:
     return None
 
 
-def _overrides(pairs: list[str]) -> list[str]:
+def recipe_overrides(pairs: list[str]) -> list[str]:
+    """``KEY=VALUE`` pairs (keys of the recipe's ``federated:`` section) as ``ecqx federate`` arguments."""
     from ecqx.training.federated import FederatedConfig
 
     known = {f.name for f in fields(FederatedConfig)}
@@ -73,7 +74,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "r.json"
         federate(["--config", str(RECIPE), "--results", str(raw), "--federated.rounds", str(args.rounds),
-                  "--data.init_args.root", args.data, "--baseline", "true", *_overrides(args.set)])
+                  "--data.init_args.root", args.data, "--baseline", "true", *recipe_overrides(args.set)])
         report = json.loads(raw.read_text())
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -45,7 +45,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
 
@@ -54,6 +54,7 @@ import pytorch_lightning as pl
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_federated import recipe_overrides  # noqa: E402
 from environment import environment  # noqa: E402
 
 from ecqx.coding import UpdateDecoder, UpdateEncoder  # noqa: E402
@@ -411,26 +412,13 @@ def _parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _overrides(pairs: list[str]) -> list[str]:
-    from ecqx.training.federated import FederatedConfig
-
-    known = {f.name for f in fields(FederatedConfig)}
-    argv = []
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or key not in known:
-            raise SystemExit(f"--set {pair!r}: expected KEY=VALUE with KEY one of {sorted(known)}")
-        argv += [f"--federated.{key}", value]
-    return argv
-
-
 def record_run(args: argparse.Namespace):
     """One NNC-coded federated run, parsed and seeded exactly as ``ecqx federate`` does; returns the
     observed update records, the config, the per-round results and the run's wall seconds."""
     from ecqx.training import federated
 
     argv = ["--config", str(args.recipe), "--data.init_args.root", args.data,
-            "--federated.rounds", str(args.rounds), *_overrides(args.set)]
+            "--federated.rounds", str(args.rounds), *recipe_overrides(args.set)]
     parser = federated._parser()  # the parser of `ecqx federate` (recipe + overrides)
     cfg = parser.parse_args(argv)
     pl.seed_everything(cfg.federated.seed, workers=True, verbose=False)

@@ -492,20 +492,8 @@ class UpdateEncoder:
                 6 + self.qp_density, True, [_EMPTY_I32 if b is None else b.reshape(-1) for b in bases],
                 histories)
             stored = outs
-        header = NduHeader(
-            name=weight.name,
-            payload_type=PayloadType.NNR_PT_BLOCK,
-            dims=tuple(weight.levels.shape),
-            dq=weight.dq,
-            cabac_unary_length_minus1=self.cabac_unary_length_minus1,
-            scan_order=so,
-            entry_points=[tuple(e) for e in eps],
-            device_id=self.device_id,
-            parameter_id=index,
-            put_node_depth=(node.depth if node is not None else 0) + 1,
-            parent_node_id_present=True,
-            temporal_context_modeling=tca,
-            parent_device_id=self.parent_device_id,
+        header = self._unit_header(
+            weight, PayloadType.NNR_PT_BLOCK, so, eps, index, node, tca,
             block=[hls.BlockMember(t.name, role, tuple(t.levels.shape))
                    for t, (_, role) in zip(members, block.members, strict=True)],
             compressed_parameter_types=block.cpt,
@@ -513,6 +501,27 @@ class UpdateEncoder:
         )
         parts.append(hls.write_ndu(header, PROFILE, payload, parent_signalling=True))
         return [(t, index, levels) for t, levels in zip(members, stored, strict=True)]
+
+    def _unit_header(self, t, payload_type: PayloadType, scan_order: int, entry_points, index: int, node,
+                     tca: bool, **fields) -> NduHeader:
+        """The data unit header of tensor ``t``'s next update: one more PUT depth below its last coded
+        update (``node``, None for the first), parent named by ids; ``fields`` add block or codebook data."""
+        return NduHeader(
+            name=t.name,
+            payload_type=payload_type,
+            dims=tuple(t.levels.shape),
+            dq=t.dq,
+            cabac_unary_length_minus1=self.cabac_unary_length_minus1,
+            scan_order=scan_order,
+            entry_points=[tuple(e) for e in entry_points],
+            device_id=self.device_id,
+            parameter_id=index,
+            put_node_depth=(node.depth if node is not None else 0) + 1,
+            parent_node_id_present=True,
+            temporal_context_modeling=tca,
+            parent_device_id=self.parent_device_id,
+            **fields,
+        )
 
     def encode(self, update: Mapping[str, object]) -> bytes:
         """Codes one update (a mapping of names to float tensors, integer tensors or quantized tensor
@@ -569,20 +578,8 @@ class UpdateEncoder:
                 # (spec §11.5); the state (TCA base, HDSP history) holds what the decoder will hold. NNCodec
                 # keeps its encoder's integers instead, so its later updates in this setting do not decode.
                 stored = self._decoded(t, node, payload, base)
-            header = NduHeader(
-                name=t.name,
-                payload_type=t.payload_type,
-                dims=tuple(t.levels.shape),
-                dq=t.dq,
-                cabac_unary_length_minus1=self.cabac_unary_length_minus1,
-                scan_order=so,
-                entry_points=[tuple(e) for e in eps],
-                device_id=self.device_id,
-                parameter_id=index,
-                put_node_depth=(node.depth if node is not None else 0) + 1,
-                parent_node_id_present=True,
-                temporal_context_modeling=base is not None,
-                parent_device_id=self.parent_device_id,
+            header = self._unit_header(
+                t, t.payload_type, so, eps, index, node, base is not None,
                 codebook=t.codebook,
                 codebook_zero_offset=t.cb_zero,
                 codebook_egk=t.cb_egk,
