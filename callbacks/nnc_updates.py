@@ -16,22 +16,30 @@ which equals :meth:`NNCUpdates.reference_state` bit for bit; the model itself di
 
 Files: ``path`` is a folder (``base.nnc``, ``update-0001.nnc``, ``update-0002.nnc``, …) or a pattern with an
 ``{index}`` field and optionally ``{epoch}`` (``"run/u{index:03d}-e{epoch}.nnc"``); the base is index 0.
-Every file is written atomically.
+Every file is written atomically. Under ``ecqx fit`` a relative ``path`` lies in the run's versioned log
+folder (``lightning_logs/<name>/version_N/``, like the outputs of ``NNCExport`` and ``RateDistortion``), so
+every run writes its stream into a fresh folder, and the run report lists the files; an absolute ``path`` is
+used as given. One stream per place: a new sequence refuses to start where files of the same names (an earlier
+run's base or updates) already exist, since a receiver could not tell which updates belong to which base;
+remove them or choose another ``path``. A run resumed from a checkpoint continues its own sequence there.
 
 Checkpoints: the state (the quantizer's reference, the encoder's per-tensor state, the update count and the
 files written) travels in the Lightning checkpoint, so a run resumed with ``ckpt_path=`` continues the
-sequence with the same bytes as an uninterrupted run. Updates are made in ``on_train_epoch_end``, before
-Lightning's ``ModelCheckpoint`` saves at the end of a training epoch (its default when validation runs every
-epoch); a checkpoint saved earlier in the epoch (``check_val_every_n_epoch > 1`` saves in
-``on_validation_end``) does not include that epoch's update, and a run resumed from it writes that update
-again.
+sequence with the same bytes as an uninterrupted run (under ``ecqx fit`` the resumed run writes the
+following updates into its own run folder; ``files`` lists the whole sequence). Updates are made in
+``on_train_epoch_end``, before Lightning's ``ModelCheckpoint`` saves at the end of a training epoch (its
+default when validation runs every epoch); a checkpoint saved earlier in the epoch
+(``check_val_every_n_epoch > 1`` saves in ``on_validation_end``) does not include that epoch's update, and a
+run resumed from it writes that update again.
 
 Only the global-zero rank quantizes, codes and writes (every rank holds the same weights under DDP).
 """
 
 from __future__ import annotations
 
+import glob
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +63,8 @@ class NNCUpdates(Callback):
 
     Args:
         path: a folder, or a file pattern with ``{index}`` (and optionally ``{epoch}``); see the module docs.
+            Relative: under ``ecqx fit`` inside the run's log folder, else relative to the working folder.
+            Training refuses to start a new sequence where an earlier run's stream files already are.
         every_n_epochs: one update after every n-th training epoch.
         bits, lam: grid size and entropy weight Λ of the updates of tensors with two or more dimensions.
         nonweight_bits, nonweight_lam: the same for the other float tensors (biases, norms).
@@ -111,7 +121,8 @@ class NNCUpdates(Callback):
                                  f"{{epoch}}: {error!r}") from error
             if pattern.format(index=0, epoch=0) == pattern.format(index=1, epoch=0):
                 raise ValueError(f"`path` pattern {pattern!r} must contain {{index}}")
-        self.path = pattern
+        self.path = pattern  # ecqx fit moves a relative one into the run folder (ecqx.training.report)
+        self._given_path = pattern  # names the checkpoint state wherever the run folder puts the files
         self.every_n_epochs = every_n_epochs
         self.quantizer_options = dict(bits=bits, lam=float(lam), nonweight_bits=nonweight_bits,
                                       nonweight_lam=float(nonweight_lam), qp_density=qp_density)
@@ -134,7 +145,16 @@ class NNCUpdates(Callback):
 
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(path=self.path)
+        return self._generate_state_key(path=self._given_path)
+
+    def existing_files(self) -> list[str]:
+        """Files at this callback's places (the base and any update index) that exist already, sorted."""
+        if "{" in self.path:
+            patterns = [_glob_pattern(self.path)]
+        else:
+            folder = glob.escape(self.path.rstrip("/") or "/")
+            patterns = [os.path.join(folder, BASE_NAME), os.path.join(folder, _glob_pattern(DEFAULT_NAME))]
+        return sorted({path for pattern in patterns for path in glob.glob(pattern) if os.path.isfile(path)})
 
     @property
     def base_path(self) -> str | None:
@@ -160,6 +180,21 @@ class NNCUpdates(Callback):
             if not os.access(probe.parent, os.W_OK | os.X_OK):
                 raise ValueError(f"NNCUpdates: the folder {str(probe.parent)!r} is not writable")
         coding.load_native()  # a missing compiler fails here, before training
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # after a checkpoint's state was restored (it comes after setup): only a new sequence is checked
+        if trainer.is_global_zero and self._restored is None and self._quantizer is None:
+            self._check_no_other_stream()
+
+    def _check_no_other_stream(self) -> None:
+        existing = self.existing_files()
+        if existing:
+            shown = ", ".join(os.path.basename(path) for path in existing[:3])
+            more = f" and {len(existing) - 3} more" if len(existing) > 3 else ""
+            raise ValueError(f"NNCUpdates: `path` {self.path!r} already has the stream files of another run "
+                             f"({shown}{more}); a new base and updates there would mix with them. Remove "
+                             "them or choose another `path` (a relative path under ecqx fit goes into each "
+                             "run's own log folder)")
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.is_global_zero:
@@ -259,6 +294,13 @@ class NNCUpdates(Callback):
         self._quantizer, self._encoder = quantizer, encoder
         self.files = list(state["files"])
         self.results = [dict(r) for r in state["results"]]
+
+
+def _glob_pattern(pattern: str) -> str:
+    """``pattern`` with each ``{field}`` as ``*`` and everything else matched literally."""
+    parts = re.split(r"(\{[^{}]*\})", pattern)
+    return "".join("*" if part.startswith("{") and part.endswith("}") else glob.escape(part)
+                   for part in parts)
 
 
 def _cpu_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -7,8 +7,13 @@ tested against it: equal bytes, accuracies and update records, client errors, mi
 from __future__ import annotations
 
 import json
+import logging
+import re
 import sys
+import threading
+import time
 from dataclasses import asdict
+from dataclasses import fields as fields_of
 from pathlib import Path
 
 import pytest
@@ -260,12 +265,17 @@ def test_client_state_dict_round_trip_gives_identical_next_round_bytes(tmp_path)
     assert all(torch.equal(state["held"][k], restored_state["held"][k]) for k in state["held"])
 
 
-def test_simulation_client_error_is_raised_by_the_run(tmp_path):
-    """An exception inside a simulated client comes back as Flower's error reply: the run stops with it."""
-    init = _instantiate(tmp_path, clients=2, rounds=2, limit_train_batches=2, engine="simulation",
-                        accelerator="mps")  # Lightning raises in the client: no MPS on this platform
-    with pytest.raises(RuntimeError, match=r"round 1: 2 of 2 clients failed; the first error: .*MPS"):
-        fed.run_federated(init.model, init.data, init.federated)
+def test_simulation_client_error_is_raised_by_the_run(tmp_path, monkeypatch, capsys):
+    """An exception inside a simulated client comes back as Flower's error reply: the run stops with it, and
+    ``ecqx federate`` reports it in one line."""
+    monkeypatch.setattr(fed, "check_machine", lambda config: None)  # let the clients find out themselves
+    recipe = _recipe(tmp_path, clients=2, rounds=2, limit_train_batches=2, engine="simulation",
+                     accelerator="mps")  # Lightning raises in the client: no MPS on this platform
+    assert main(["federate", "--config", recipe]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1, err
+    assert re.match(r"ecqx federate: error: federated round 1: 2 of 2 clients failed; the first error: .*MPS",
+                    err[0])
 
 
 def test_simulation_engine_without_ray_names_the_extra_and_the_inprocess_engine(tmp_path, monkeypatch,
@@ -291,3 +301,161 @@ def test_federated_config_checks_engine_and_resources():
     backend = fed._backend_config(config)
     assert backend["client_resources"] == {"num_cpus": 2, "num_gpus": 0.5}
     assert 2 <= backend["init_args"]["num_cpus"] <= 6  # at least one client, at most all three at once
+
+
+# ------------------------------------------------------------------------------------------------ errors
+def _recipe(tmp_path, **federated) -> str:
+    recipe = tmp_path / "fed.yaml"
+    recipe.write_text(yaml.safe_dump({**DIGITS, "federated": {**DIGITS["federated"], **federated}}))
+    return str(recipe)
+
+
+def _not_started(*args, **kwargs):
+    raise AssertionError("the engine was started")
+
+
+def test_client_gpus_without_a_gpu_is_refused_before_the_engine_starts(tmp_path, monkeypatch, capsys):
+    """Ray's actor pool would be empty: Flower logged the error and the run waited for clients forever."""
+    monkeypatch.setattr(fed, "_run_simulation", _not_started)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    argv = ["federate", "--config", _recipe(tmp_path, engine="simulation"), "--federated.client_gpus", "0.5"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "federated.client_gpus" in err[0] and "no CUDA GPU" in err[0]
+    # with a GPU present, the clients must also train on it
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert main([*argv, "--federated.accelerator", "cpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "federated.client_gpus" in err[0] and "federated.accelerator" in err[0]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_unavailable_accelerator_is_one_line_naming_the_key(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(fed, "_run_inprocess", _not_started)
+    assert main(["federate", "--config", _recipe(tmp_path), "--federated.accelerator", "cuda"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "federated.accelerator 'cuda'" in err[0] and "not available" in err[0]
+
+
+class _SilentGrid:
+    """A grid whose nodes registered but never reply (Flower's when its ray backend failed to start)."""
+
+    def get_node_ids(self):
+        return [11, 12]
+
+    def push_messages(self, messages):
+        return [str(index) for index, _ in enumerate(messages)]
+
+    def pull_messages(self, message_ids):
+        return []
+
+    def send_and_receive(self, messages, *, timeout=None):
+        while True:  # Flower's InMemoryGrid without a timeout: until every reply came
+            time.sleep(0.05)
+
+
+def test_engine_failure_ends_the_run_instead_of_waiting_forever(tmp_path, monkeypatch):
+    """Flower's run_simulation raises when its backend fails (e.g. ray finds no resources for a client), while
+    the ServerApp thread it started waits for replies: the run raises the cause and that thread ends."""
+    import flwr.simulation
+
+    threads = []
+
+    def failing_engine(server_app, client_app, num_supernodes, backend_config):
+        thread = threading.Thread(target=server_app, args=(_SilentGrid(), None), daemon=True)
+        thread.start()
+        threads.append(thread)
+        time.sleep(0.3)  # the ServerApp sent round 1 and waits
+        try:
+            raise ValueError("ActorPool is empty. Stopping Simulation. Check `num_cpus` and/or `num_gpus`")
+        except ValueError as error:
+            raise RuntimeError("An error was encountered. Ending simulation.") from error
+
+    monkeypatch.setattr(flwr.simulation, "run_simulation", failing_engine)
+    init = _instantiate(tmp_path, clients=2, rounds=1, engine="simulation")
+    with pytest.raises(fed.FederatedError, match=r"simulation engine failed: ValueError: ActorPool is empty"):
+        fed.run_federated(init.model, init.data, init.federated)
+    threads[0].join(timeout=5)
+    assert not threads[0].is_alive()
+
+
+@pytest.mark.parametrize("key, value", [("down_lam", -1), ("up_lam", float("nan")), ("qp_density", 9),
+                                        ("qp_density", -1), ("limit_train_batches", 1.5),
+                                        ("limit_train_batches", 0), ("limit_train_batches", 0.0),
+                                        ("limit_train_batches", -2), ("tca", "yes")])
+def test_federated_config_names_the_key_of_a_bad_value(key, value):
+    with pytest.raises(ValueError, match=rf"^federated\.{key} must be"):
+        fed.FederatedConfig(**{key: value})
+
+
+@pytest.mark.parametrize("value", [None, 1, 7, 0.5, 1.0])
+def test_federated_config_accepts_batch_limits(value):
+    assert fed.FederatedConfig(limit_train_batches=value).limit_train_batches == value
+
+
+def _usage_and_error(err: str) -> tuple[list[str], str]:
+    before, _, after = err.partition("error:")
+    return before.strip().splitlines(), after
+
+
+@pytest.mark.parametrize("option", [["--model.init_args.typo", "1"],
+                                    ["--data.class_path", "ecqx.training.NoSuchDataModule"]])
+def test_recipe_errors_show_a_one_line_usage_then_the_cause(tmp_path, capsys, option):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["federate", "--config", _recipe(tmp_path), *option])
+    assert exit_info.value.code != 0
+    usage, error = _usage_and_error(capsys.readouterr().err)
+    assert usage[0].startswith("usage: ecqx federate --config RECIPE.yaml") and len(usage) <= 2  # + the tip
+    assert option[0].split(".")[-1] in error or option[1] in error
+
+
+def test_run_errors_are_one_line_and_debug_raises(tmp_path, monkeypatch, capsys):
+    def client_failure(*args, **kwargs):
+        raise fed.FederatedError("federated round 1: 1 of 3 clients failed; the first error: boom\n(report)")
+
+    monkeypatch.setattr(fed, "_run_inprocess", client_failure)
+    assert main(["federate", "--config", _recipe(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err == "ecqx federate: error: federated round 1: 1 of 3 clients failed; the first error: boom\n"
+    with pytest.raises(fed.FederatedError, match=r"(?s)boom.*report"):
+        main(["federate", "--config", _recipe(tmp_path), "--debug"])
+
+
+# ------------------------------------------------------------------------------------------------ output
+class _Records(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+def test_output_is_each_round_once_without_lightning_or_library_noise(tmp_path, monkeypatch, capsys):
+    rank_zero = logging.getLogger("pytorch_lightning.utilities.rank_zero")
+    lightning = _Records()
+    rank_zero.addHandler(lightning)
+    level, root_handlers = rank_zero.level, list(logging.getLogger().handlers)
+    try:
+        assert main(["federate", "--config", _recipe(tmp_path, clients=2, limit_train_batches=2)]) == 0
+    finally:
+        rank_zero.removeHandler(lightning)
+    assert not [m for m in lightning.messages if "GPU available" in m or "Tip" in m]
+    assert rank_zero.level == level and logging.getLogger().handlers == root_handlers
+    out = capsys.readouterr().out
+    for rnd in (1, 2):
+        assert len(re.findall(rf"^round {rnd}:", out, flags=re.M)) == 1, out
+    assert "float32 FedAvg would send" in out and "float32 FedAvg round" not in out
+
+
+def test_help_describes_every_federated_key(capsys):
+    with pytest.raises(SystemExit):
+        fed._parser().parse_args(["--help"])
+    text = capsys.readouterr().out
+    blocks = dict(re.findall(r"--federated\.(\w+) \S+\n((?:\s{10,}.*\n)+)", text))
+    described = {name: re.sub(r"\s+", " ", re.sub(r"\(type: [^)]*\)|\(default: [^)]*\)", "", block)).strip()
+                 for name, block in blocks.items()}
+    fields = [f.name for f in fields_of(fed.FederatedConfig)]
+    assert set(fields) <= set(described), sorted(set(fields) - set(described))
+    assert all(described[name] for name in fields), [name for name in fields if not described[name]]
+    assert "debug" in text

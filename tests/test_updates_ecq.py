@@ -4,14 +4,18 @@ bit-exact rebuild, resume with identical bytes)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from callback_helpers import synthetic_loader, tiny_module, tiny_trainer
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
+from pytorch_lightning.loggers import CSVLogger
 
 from ecqx import UpdateQuantizer, nnc_step_size, update_grid
 from ecqx.callbacks import ECQ, NNCUpdates
 from ecqx.coding import BitstreamError, UpdateEncoder, apply_updates, decode_state_dict
+from ecqx.training.report import build_report, format_report, place_outputs_in_run_folder
 from ecqx.updates import qp_limits
 
 
@@ -242,3 +246,37 @@ def test_callback_arguments_are_checked(tmp_path):
         NNCUpdates(str(tmp_path / "u{epoch}.nnc"))
     with pytest.raises(ValueError, match="fields"):
         NNCUpdates(str(tmp_path / "u{round}.nnc"))
+
+
+def test_callback_refuses_to_mix_with_another_runs_stream(tmp_path):
+    """A second run into the same folder would overwrite the base and some updates and leave the first run's
+    later updates next to them: a receiver would apply them to the wrong base."""
+    _, first, _ = _fit(tmp_path / "run", epochs=2)
+    before = {path: Path(path).read_bytes() for path in first.files}
+    with pytest.raises(ValueError, match=r"already has the stream files of another run \(base.nnc, "
+                                         r"update-0001.nnc, update-0002.nnc\)"):
+        _fit(tmp_path / "run", epochs=1)
+    assert {path: Path(path).read_bytes() for path in first.files} == before
+    pattern = str(tmp_path / "p" / "u{index:02d}-e{epoch}.nnc")
+    _fit(pattern, epochs=1)
+    with pytest.raises(ValueError, match=r"u00-e0.nnc, u01-e0.nnc"):
+        _fit(pattern, epochs=1)
+    _fit(tmp_path / "p" / "other-{index}.nnc", epochs=1)  # another pattern in that folder: another stream
+
+
+def test_relative_path_goes_into_the_run_folder_and_the_report_lists_the_files(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    updates = NNCUpdates("updates/", every_n_epochs=1, bits=4, lam=0.05)
+    trainer = tiny_trainer([updates], max_epochs=2, logger=CSVLogger(tmp_path / "logs", name="r"))
+    folder = place_outputs_in_run_folder(trainer)
+    assert folder == tmp_path / "logs" / "r" / "version_0"
+    trainer.fit(tiny_module(seed=0), synthetic_loader(), synthetic_loader(n=64, seed=5))
+    assert [Path(p).relative_to(folder).as_posix() for p in updates.files] == [
+        "updates/base.nnc", "updates/update-0001.nnc", "updates/update-0002.nnc"]
+    assert not (tmp_path / "updates").exists()
+    report = build_report(trainer)
+    assert report.files["update stream base"] == [str(folder / "updates" / "base.nnc")]
+    assert report.files["update stream"] == [str(folder / "updates" / f"update-000{i}.nnc") for i in (1, 2)]
+    assert "updates/update-0002.nnc" in format_report(report)
+    # the checkpoint state keeps the name of the path as given: a resumed run finds it
+    assert updates.state_key == NNCUpdates("updates/", every_n_epochs=1, bits=4, lam=0.05).state_key

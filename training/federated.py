@@ -31,7 +31,11 @@ Engines (``federated.engine``), both running the same client (``NNCClient``) and
   ``flwr.simulation.run_simulation``, which Flower marks deprecated in favour of ``flwr run``: that command
   loads a packaged Flower app by name and cannot be handed the recipe's Python objects.
 * ``"inprocess"``: the same clients and server in one process, a plain loop without ray (for small
-  machines and debugging; client errors surface with their own traceback).
+  machines and debugging; with ``--debug`` client errors surface with their own traceback).
+
+Before either engine starts, :func:`check_machine` tries the clients' ``accelerator`` and, for the simulation
+engine, that ``client_gpus`` can be met (ray would otherwise place no client, and Flower's engine would stop
+while its ServerApp waits for replies; a failing engine ends the run with its cause either way).
 
 Each client trains with ``client_cpus`` torch threads and seeds the global random generators from
 ``(seed, round, client id)`` in both engines, so both give the same bytes and accuracies, round by round.
@@ -46,6 +50,10 @@ Baseline (``--baseline``, or ``run_federated(..., float32=True)``): the same rou
 engine with plain float32 FedAvg: no NNC coding, every parameter sent as float32 in both directions, so
 ``bytes_up`` = ``bytes_down`` = 4 × values × clients per round. With ``--baseline`` the results hold it under
 ``"baseline"`` and the plot shows both runs.
+
+Output of ``ecqx federate``: one line per round as it finishes (stdout), then one line of totals per run.
+Errors are one line on stderr (``ecqx federate: error: ...``); ``--debug`` shows the traceback, the client's
+report and Flower's logs instead.
 """
 
 from __future__ import annotations
@@ -61,7 +69,9 @@ import os
 import re
 import sys
 import tempfile
+import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, NamedTuple
@@ -83,6 +93,13 @@ FLOAT32 = "float32"  # tensor_type of the baseline: the state_dict values in ord
 ENGINES = ("simulation", "inprocess")
 CLIENT_STATE = "ecqx.client"  # the ConfigRecord of a node's context that holds its NNCClient state
 NODE_WAIT_S = 120.0  # the simulation's virtual nodes register within moments of its start
+PULL_INTERVAL_S = 0.05  # how often the ServerApp looks for client replies (Flower's send_and_receive: 0.1)
+GPU_ACCELERATORS = ("gpu", "cuda", "auto")  # Lightning accelerators that train on the CUDA GPUs ray reserves
+
+
+class FederatedError(RuntimeError):
+    """A federated run failed: a client's error, or Flower's engine stopped. The first line of the message
+    says what happened; further lines carry the details (e.g. the client's report)."""
 
 
 @dataclass
@@ -95,8 +112,11 @@ class FederatedConfig:
         local_epochs: Lightning epochs per client and round.
         alpha: Dirichlet concentration of the non-IID split (small: few classes per client).
         seed: seed of the split, the client loaders and the model initialisation.
-        up_bits, up_lam: grid size and entropy weight of the client updates (≥ 2-D tensors).
-        down_bits, down_lam: the same for the server's downstream updates.
+        up_bits: grid size (bits, 2..8) of the clients' updates of tensors with two or more dimensions.
+        up_lam: entropy weight Λ (≥ 0) of the clients' updates of those tensors; larger: sparser, fewer bytes.
+        down_bits: grid size (bits, 2..8) of the server's downstream updates of tensors with two or more
+            dimensions.
+        down_lam: entropy weight Λ (≥ 0) of the server's downstream updates of those tensors.
         nonweight_bits: grid size of the updates of 0-/1-D tensors (both directions).
         percentile: the grid step of an update tensor is this percentile of |difference| divided by
             2^(bits−1) − 1 (:func:`ecqx.updates.update_grid`); below the weights' 99.9 because error
@@ -104,8 +124,13 @@ class FederatedConfig:
         size_decay: scale the entropy weights per tensor by size (ECQ's layer rule, ``UpdateQuantizer``'s
             default) or not (``False``: every weight tensor gets ``up_lam``/``down_lam`` as is, so the large
             layers keep learning; the better trade-off in benchmarks/results/bench_federated_sweep.md).
-        qp_density, tca, row_skipping: NNC update coding settings.
-        limit_train_batches: optional cap of local batches per epoch (Lightning's option).
+        qp_density: NNC qp_density (0..7) of the update steps: the steps lie on a grid of 2^qp_density
+            values per factor 2.
+        tca: NNC temporal context adaptation: the entropy coder of an update tensor uses the previous
+            update of the same tensor as context.
+        row_skipping: NNC row skipping: each all-zero row of an update tensor costs one flag.
+        limit_train_batches: optional cap of local batches per epoch (Lightning's option): a fraction in
+            (0, 1] of each client's batches, or a number of batches ≥ 1.
         accelerator: Lightning accelerator of the client trainers.
         initial_model: ``"recipe"``: every participant builds the initial model from the recipe (its
             classes, checkpoint and ``seed``), so round 1 sends nothing downstream, in both runs;
@@ -116,7 +141,8 @@ class FederatedConfig:
         client_cpus: CPUs of each client: ray reserves them per client (simulation engine), and every
             client trains with this many torch threads (both engines).
         client_gpus: GPUs ray reserves per client (simulation engine; a fraction shares a GPU among
-            clients); set it with a GPU ``accelerator``.
+            clients); needs a CUDA GPU and a GPU ``accelerator`` ("gpu", "cuda" or "auto"), checked before
+            the run starts.
     """
 
     clients: int = 10
@@ -160,6 +186,32 @@ class FederatedConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not 2 <= value <= 8:
                 raise ValueError(f"federated.{name} must be an integer in 2..8, got {value!r}")
+        self._check_coding()
+        _check_batch_limit(self.limit_train_batches)
+
+    def _check_coding(self) -> None:
+        """The update coding keys, checked here so that the message names the recipe key (UpdateQuantizer's
+        own checks know only its argument names)."""
+        for name in ("up_lam", "down_lam"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < math.inf:
+                raise ValueError(f"federated.{name} must be a finite number >= 0, got {value!r}")
+        if isinstance(self.qp_density, bool) or self.qp_density not in range(8):
+            raise ValueError(f"federated.qp_density must be an integer in 0..7, got {self.qp_density!r}")
+        for name in ("size_decay", "tca", "row_skipping"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"federated.{name} must be true or false, got {getattr(self, name)!r}")
+
+
+def _check_batch_limit(value: int | float | None) -> None:
+    """Lightning reads an int as a number of batches and a float as a fraction of them; 0 would train
+    nothing (every round would send empty updates), so it is refused too."""
+    valid = value is None or (
+        not isinstance(value, bool)
+        and ((isinstance(value, int) and value >= 1) or (isinstance(value, float) and 0 < value <= 1)))
+    if not valid:
+        raise ValueError("federated.limit_train_batches must be a fraction in (0, 1] or a number of batches "
+                         f">= 1, got {value!r}")
 
 
 @dataclass
@@ -287,6 +339,24 @@ def _torch_threads(count: int) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
+@contextlib.contextmanager
+def _quiet_trainer() -> Iterator[None]:
+    """Lightning's info lines of every Trainer (GPU/TPU available, tips, "fit stopped") would repeat for
+    every client and round; so would its warnings (a ``catch_warnings`` block resets Python's once-only
+    registry) about the validation loop the clients skip on purpose and its own use of a deprecated torch
+    API."""
+    logger = logging.getLogger("pytorch_lightning.utilities.rank_zero")  # where rank_zero_info logs
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*`validation_step` but have no `val_dataloader`")
+            warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
 def _client_seed(config: FederatedConfig, rnd: int, cid: int) -> int:
     return int(np.random.SeedSequence([config.seed, rnd, cid]).generate_state(1)[0])
 
@@ -298,6 +368,39 @@ def _float32_parameters(arrays: Sequence[np.ndarray]):
     parameters = ndarrays_to_parameters([np.asarray(a, dtype=np.float32) for a in arrays])
     parameters.tensor_type = FLOAT32
     return parameters
+
+
+def _client_trainer(config: FederatedConfig) -> pl.Trainer:
+    """The Lightning Trainer of one client's local epochs (no logs, checkpoints or validation)."""
+    return pl.Trainer(max_epochs=config.local_epochs, accelerator=config.accelerator, devices=1, logger=False,
+                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                      num_sanity_val_steps=0, limit_val_batches=0,
+                      limit_train_batches=config.limit_train_batches)
+
+
+def check_machine(config: FederatedConfig) -> None:
+    """Fails before the run starts when this machine cannot give the clients what ``config`` asks for: the
+    client trainers' ``accelerator``, and (simulation engine) the GPUs ray reserves per client. Ray would
+    otherwise start no client at all, and Lightning fail inside every client."""
+    if config.engine == "simulation" and config.client_gpus > 0:
+        if not torch.cuda.is_available():
+            raise ValueError(f"federated.client_gpus {config.client_gpus:g} reserves GPUs for the clients, "
+                             "but this machine has no CUDA GPU (torch.cuda.is_available() is False); set "
+                             "--federated.client_gpus 0")
+        if config.accelerator not in GPU_ACCELERATORS:
+            raise ValueError(f"federated.client_gpus {config.client_gpus:g} reserves GPUs for clients that "
+                             f"train on federated.accelerator {config.accelerator!r}; set "
+                             "--federated.accelerator gpu, or --federated.client_gpus 0")
+    try:
+        with _quiet_trainer():
+            _client_trainer(config)  # Lightning's own check of the accelerator, as each client makes it
+    except Exception as error:  # MisconfigurationException, ValueError, ...: any means it cannot train
+        raise ValueError(f"federated.accelerator {config.accelerator!r}: {_first_line(error)}") from error
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
 
 
 @functools.cache
@@ -368,12 +471,8 @@ def _make_client_class():
         def _train(self) -> dict[str, torch.Tensor]:
             module = copy.deepcopy(self.template)
             module.load_state_dict(_to_module_dtypes(self.held, module.state_dict()), strict=True)
-            trainer = pl.Trainer(max_epochs=self.config.local_epochs, accelerator=self.config.accelerator,
-                                 devices=1, logger=False, enable_checkpointing=False,
-                                 enable_progress_bar=False, enable_model_summary=False,
-                                 num_sanity_val_steps=0, limit_val_batches=0,
-                                 limit_train_batches=self.config.limit_train_batches)
-            trainer.fit(module, train_dataloaders=self.loader)
+            with _quiet_trainer():
+                _client_trainer(self.config).fit(module, train_dataloaders=self.loader)
             return _as_held(_cpu_state(module))
 
         def fit(self, ins: FitIns) -> FitRes:
@@ -501,9 +600,12 @@ class _FederatedServer:
         result = RoundResult(round=rnd, bytes_up=bytes_up, bytes_down=self.bytes_down,
                              float32_bytes=directions * self.model_float32 * self.config.clients,
                              accuracy=accuracy, client_samples=[res.num_examples for _, res in replies])
-        log.info("%sround %d: up %d B, down %d B, float32 %d B, accuracy %.4f",
-                 "float32 FedAvg " if self.float32 else "", rnd, result.bytes_up, result.bytes_down,
-                 result.float32_bytes, accuracy)
+        if self.float32:
+            log.info("float32 FedAvg round %d: up %d B, down %d B, accuracy %.4f", rnd, result.bytes_up,
+                     result.bytes_down, accuracy)
+        else:
+            log.info("round %d: up %d B, down %d B (float32 FedAvg would send %d B), accuracy %.4f", rnd,
+                     result.bytes_up, result.bytes_down, result.float32_bytes, accuracy)
         return result
 
     def _held_dtypes(self, arrays: Sequence[np.ndarray]) -> dict[str, torch.Tensor]:
@@ -642,18 +744,40 @@ def _client_error(reason: str) -> tuple[str, str]:
     return message.strip().rstrip("'>").strip(), report
 
 
-def _node_ids(grid, count: int) -> list[int]:
+class _EngineStopped(FederatedError):
+    """Raised in the ServerApp's thread when the engine around it has ended (see :func:`_run_simulation`)."""
+
+
+def _node_ids(grid, count: int, stop: threading.Event) -> list[int]:
     """The ids of the simulation's ``count`` virtual nodes (they register while the ServerApp starts)."""
     deadline = time.monotonic() + NODE_WAIT_S
     while len(nodes := sorted(grid.get_node_ids())) < count:
         if time.monotonic() > deadline:
-            raise RuntimeError(f"only {len(nodes)} of {count} simulated clients registered in "
-                               f"{NODE_WAIT_S} s")
-        time.sleep(0.05)
+            raise FederatedError(f"only {len(nodes)} of {count} simulated clients registered in "
+                                 f"{NODE_WAIT_S} s")
+        if stop.wait(PULL_INTERVAL_S):
+            raise _EngineStopped("Flower's simulation engine ended before its clients registered")
     return nodes
 
 
-def _send_round(grid, nodes: Sequence[int], ins, rnd: int) -> list[tuple[int, Any, list[UpdateRecord]]]:
+def _exchange(grid, messages: list, stop: threading.Event) -> list:
+    """Flower's ``grid.send_and_receive`` (push, then pull until every message has its reply), except that it
+    gives up once ``stop`` is set: Flower's own waits for ever when its engine has died."""
+    pending = set(grid.push_messages(messages))
+    replies: list = []
+    while pending:
+        if stop.is_set():
+            raise _EngineStopped(f"Flower's simulation engine ended with {len(pending)} replies outstanding")
+        received = list(grid.pull_messages(pending))
+        replies += received
+        pending -= {reply.metadata.reply_to_message_id for reply in received}
+        if pending and not received:
+            stop.wait(PULL_INTERVAL_S)
+    return replies
+
+
+def _send_round(grid, nodes: Sequence[int], ins, rnd: int,
+                stop: threading.Event) -> list[tuple[int, Any, list[UpdateRecord]]]:
     """Sends round ``rnd``'s FitIns to every node, waits for all replies; raises on a client's error."""
     from flwr.common import Message, MessageType, RecordDict
 
@@ -661,32 +785,46 @@ def _send_round(grid, nodes: Sequence[int], ins, rnd: int) -> list[tuple[int, An
     messages = [Message(content=RecordDict({"fitins": _parameters_record(ins.parameters, **config)}),
                         dst_node_id=node, message_type=MessageType.TRAIN, group_id=str(rnd))
                 for node in nodes]
-    replies = list(grid.send_and_receive(messages))
+    replies = _exchange(grid, messages, stop)
     errors = [reply.error.reason for reply in replies if reply.has_error()]
     if errors:
         message, report = _client_error(errors[0])
-        raise RuntimeError(f"federated round {rnd}: {len(errors)} of {len(nodes)} clients failed; the first "
-                           f"error: {message}\n(the client's report: {report})")
+        raise FederatedError(f"federated round {rnd}: {len(errors)} of {len(nodes)} clients failed; the "
+                             f"first error: {message}\n(the client's report: {report})")
     if len(replies) != len(nodes):
-        raise RuntimeError(f"federated round {rnd}: {len(replies)} replies from {len(nodes)} clients")
+        raise FederatedError(f"federated round {rnd}: {len(replies)} replies from {len(nodes)} clients")
     return [_reply_of(reply) for reply in replies]
 
 
-def _server_app(server: _FederatedServer, config: FederatedConfig, results: list[RoundResult]):
+class _ServerRun(NamedTuple):
+    """What the ServerApp and the thread that started the engine share: the results, the ServerApp's own
+    error (if any), and the event that tells a waiting ServerApp that the engine has ended."""
+
+    results: list[RoundResult]
+    errors: list[BaseException]
+    stop: threading.Event
+
+
+def _server_app(server: _FederatedServer, config: FederatedConfig, run: _ServerRun):
     from flwr.server import ServerApp
 
     app = ServerApp()
 
     @app.main()
     def main(grid, context):
-        nodes = _node_ids(grid, config.clients)
-        for rnd in range(1, config.rounds + 1):
-            replies = sorted(_send_round(grid, nodes, server.downstream(rnd), rnd), key=lambda r: r[0])
-            if server.observer is not None:  # in the order the in-process engine reports them
-                for _, _, records in replies:
-                    for record in records:
-                        server.observer(record)
-            results.append(server.aggregate(rnd, [(cid, res) for cid, res, _ in replies]))
+        try:
+            nodes = _node_ids(grid, config.clients, run.stop)
+            for rnd in range(1, config.rounds + 1):
+                replies = sorted(_send_round(grid, nodes, server.downstream(rnd), rnd, run.stop),
+                                 key=lambda r: r[0])
+                if server.observer is not None:  # in the order the in-process engine reports them
+                    for _, _, records in replies:
+                        for record in records:
+                            server.observer(record)
+                run.results.append(server.aggregate(rnd, [(cid, res) for cid, res, _ in replies]))
+        except BaseException as error:
+            run.errors.append(error)  # Flower re-raises it from run_simulation: see _run_simulation
+            raise
 
     return app
 
@@ -701,23 +839,44 @@ def _backend_config(config: FederatedConfig) -> dict:
 
 
 def _run_simulation(server: _FederatedServer, path: str, config: FederatedConfig) -> list[RoundResult]:
-    """The rounds on Flower's simulation engine: ServerApp in a driver thread, clients in ray actors."""
+    """The rounds on Flower's simulation engine: ServerApp in a driver thread, clients in ray actors.
+
+    Flower re-raises an error of the ServerApp (a client's error) from ``run_simulation``; that passes
+    unchanged. When its engine itself fails (e.g. ray cannot place a single client), ``run_simulation``
+    raises its own error while the ServerApp thread, which Flower does not make a daemon, still waits for
+    replies: the process would never exit. So the ServerApp waits on ``stop`` too, set here however the
+    engine ends, and the engine's error is raised with its cause."""
     from flwr.simulation import run_simulation
 
-    results: list[RoundResult] = []
-    run_simulation(server_app=_server_app(server, config, results), client_app=_client_app(path),
-                   num_supernodes=config.clients, backend_config=_backend_config(config))
-    if len(results) != config.rounds:
-        raise RuntimeError(f"Flower's simulation ended after {len(results)} of {config.rounds} rounds")
-    return results
+    run = _ServerRun([], [], threading.Event())
+    try:
+        run_simulation(server_app=_server_app(server, config, run), client_app=_client_app(path),
+                       num_supernodes=config.clients, backend_config=_backend_config(config))
+    except Exception as error:
+        if any(error is own for own in run.errors):
+            raise
+        raise FederatedError(f"Flower's simulation engine failed: {_root_cause(error)}") from error
+    finally:
+        run.stop.set()
+    if len(run.results) != config.rounds:
+        raise FederatedError(f"Flower's simulation ended after {len(run.results)} of {config.rounds} rounds")
+    return run.results
+
+
+def _root_cause(error: BaseException) -> str:
+    """``Type: first line`` of the innermost exception of ``error``'s chain (Flower wraps the backend's)."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    return f"{type(error).__name__}: {_first_line(error)}"
 
 
 @contextlib.contextmanager
 def _flower_environment() -> Iterator[None]:
     """Flower and ray settings for a run started from Python: no usage telemetry (read when flwr is first
     imported), ray's present GPU visibility for actors without GPUs (also silences its warning about a
-    future change), and flwr's console logger at ERROR: it logs at DEBUG by default, and warns about
-    ``run_simulation``'s deprecation (module docstring) and FedAvg's unused metrics on every run."""
+    future change), and flwr's console logger at ERROR or above (a caller may have set it higher): it logs at
+    DEBUG by default, and warns about ``run_simulation``'s deprecation (module docstring) and FedAvg's unused
+    metrics on every run."""
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     try:
@@ -727,7 +886,7 @@ def _flower_environment() -> Iterator[None]:
 
     logger = logging.getLogger("flwr")
     level = logger.level
-    logger.setLevel(logging.ERROR)
+    logger.setLevel(max(level, logging.ERROR))
     try:
         yield
     finally:
@@ -747,6 +906,7 @@ def run_federated(module: pl.LightningModule, datamodule: pl.LightningDataModule
     another codec; with the simulation engine the clients' records come back with their replies."""
     if config.engine == "simulation":
         _require_ray()
+    check_machine(config)
     with _flower_environment():
         pl.seed_everything(config.seed, workers=True, verbose=False)
         if config.engine == "simulation":
@@ -761,12 +921,18 @@ def run_federated(module: pl.LightningModule, datamodule: pl.LightningDataModule
 
 
 # ------------------------------------------------------------------------------------------------ command
+USAGE = ("ecqx federate --config RECIPE.yaml [--results FILE.json] [--baseline true] [--debug] "
+         "[--section.key VALUE ...] [--print_config]")
+
+
 def _parser():
     from jsonargparse import ArgumentParser
 
     from ecqx.training.module import ClassificationModule
 
-    parser = ArgumentParser(prog="ecqx federate", description=__doc__.split("\n")[0])
+    # a one-line usage, as `ecqx fit` has (cli.py): jsonargparse prints the usage before every parse error,
+    # and the generated one lists every option of the recipe in 20+ lines above the cause
+    parser = ArgumentParser(prog="ecqx federate", description=__doc__.split("\n")[0], usage=USAGE)
     parser.add_argument("--config", action="config", help="federated recipe (YAML)")
     parser.add_subclass_arguments(ClassificationModule, "model", required=True)
     parser.add_subclass_arguments(pl.LightningDataModule, "data", required=True)
@@ -775,6 +941,9 @@ def _parser():
                         help="write per-round results (JSON) and the accuracy-vs-bytes plot (FILE.png)")
     parser.add_argument("--baseline", type=bool, default=False,
                         help="also run float32 FedAvg (same clients, split, seeds, rounds) for comparison")
+    parser.add_argument("--debug", action="store_true",
+                        help="on an error, show the full traceback and Flower's logs instead of the one-line "
+                             "message")
     return parser
 
 
@@ -834,44 +1003,115 @@ def write_accuracy_bytes_plot(path: str | os.PathLike, runs: Mapping[str, Sequen
 
 def federate(argv: Sequence[str]) -> list[RoundResult]:
     """Parses ``argv`` (``--config RECIPE.yaml [--results FILE.json] [--baseline true]
-    [--federated.rounds N ...]``), runs."""
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    [--federated.rounds N ...]``), runs; errors propagate (:func:`main` reports them)."""
     parser = _parser()
     cfg = parser.parse_args(list(argv))
-    pl.seed_everything(cfg.federated.seed, workers=True, verbose=False)  # the model's initial weights
-    init = parser.instantiate_classes(cfg)
-    config = init.federated
-    template = copy.deepcopy(init.model) if cfg.baseline else None  # the same initial weights for both
-    results = run_federated(init.model, init.data, config)
+    return _federate(parser, cfg)
+
+
+def _federate(parser, cfg) -> list[RoundResult]:
+    """Runs the parsed command: the rounds (and the baseline), the results file and plot, the totals."""
+    with _command_logging(cfg.debug):
+        pl.seed_everything(cfg.federated.seed, workers=True, verbose=False)  # the model's initial weights
+        init = parser.instantiate_classes(cfg)
+        config = init.federated
+        template = copy.deepcopy(init.model) if cfg.baseline else None  # the same initial weights for both
+        runs = {"NNC-coded FedAvg": run_federated(init.model, init.data, config)}
+        if cfg.baseline:
+            runs["float32 FedAvg"] = run_federated(template, init.data, config, float32=True)
+        if cfg.results:
+            _write_results(cfg.results, config, runs)
+        for label, results in runs.items():
+            log.info("%s", _totals(label, results))
+        return runs["NNC-coded FedAvg"]
+
+
+def _write_results(path: str, config: FederatedConfig, runs: Mapping[str, Sequence[RoundResult]]) -> None:
+    """Writes ``path`` (JSON: the NNC run, the baseline under "baseline") and the plot next to it."""
+    results, baseline = runs["NNC-coded FedAvg"], runs.get("float32 FedAvg")
     summary = _summary(config, results)
-    runs = {"NNC-coded FedAvg": results}
-    if cfg.baseline:
-        baseline = run_federated(template, init.data, config, float32=True)
+    if baseline is not None:
         summary["baseline"] = _summary(config, baseline) | {"mode": "float32 FedAvg"}
-        runs["float32 FedAvg"] = baseline
-    if cfg.results:
-        folder = os.path.dirname(os.path.abspath(cfg.results))
-        os.makedirs(folder, exist_ok=True)
-        write_bytes_atomic(cfg.results, (json.dumps(summary, indent=2) + "\n").encode())
-        stem, _ = os.path.splitext(cfg.results)
-        write_accuracy_bytes_plot(stem + ".png", runs,
-                                  title=f"FedAvg, {config.clients} clients, Dirichlet α = {config.alpha}")
-    for r in results:
-        print(f"round {r.round}: up {r.bytes_up} B, down {r.bytes_down} B, "
-              f"float32 FedAvg {r.float32_bytes} B, accuracy {r.accuracy:.4f}")
-    for r in runs.get("float32 FedAvg", []):
-        print(f"float32 FedAvg round {r.round}: {r.bytes_up + r.bytes_down} B, accuracy {r.accuracy:.4f}")
-    return results
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    write_bytes_atomic(path, (json.dumps(summary, indent=2) + "\n").encode())
+    stem, _ = os.path.splitext(path)
+    write_accuracy_bytes_plot(stem + ".png", runs,
+                              title=f"FedAvg, {config.clients} clients, Dirichlet α = {config.alpha}")
+    log.info("results: %s, plot: %s", path, stem + ".png")
+
+
+def _totals(label: str, results: Sequence[RoundResult]) -> str:
+    """One line per run after the rounds (each round was logged as it finished)."""
+    sent = sum(r.bytes_up + r.bytes_down for r in results)
+    float32 = sum(r.float32_bytes for r in results)
+    share = f" ({100 * sent / float32:.2f} % of float32 FedAvg's {float32} B)" if "NNC" in label else ""
+    return (f"{label}: {len(results)} rounds, {sent} B sent{share}, final accuracy "
+            f"{results[-1].accuracy:.4f}")
+
+
+@contextlib.contextmanager
+def _command_logging(debug: bool) -> Iterator[None]:
+    """The command's output: ecqx's own INFO lines (each round's result) on stdout, without configuring the
+    root logger (every library's INFO would appear, e.g. alembic's from ray). Without ``debug`` Flower's
+    logger is silenced: its ERROR lines repeat, with ray's tracebacks, what :func:`main` reports in one."""
+    logger = logging.getLogger("ecqx")
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        with contextlib.ExitStack() as stack:
+            if not debug:
+                stack.enter_context(_silenced("flwr"))
+            yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+@contextlib.contextmanager
+def _silenced(name: str) -> Iterator[None]:
+    try:
+        import flwr.common  # noqa: F401  (sets the "flwr" logger's level when first imported)
+    except ImportError:
+        pass  # run_federated says what to install
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def main(argv: Sequence[str]) -> int:
+    """``ecqx federate``: returns the exit status. A bad recipe or option: jsonargparse's usage line and
+    error (status 2); a bad value or a missing package: one line, status 2; a failed run: one line, status
+    1. ``--debug`` raises instead, with the traceback (and the client's report)."""
+    parser = _parser()
+    cfg = parser.parse_args(list(argv))
     try:
-        federate(argv)
+        _federate(parser, cfg)
     except (ValueError, FileNotFoundError, ImportError) as error:
-        print(f"ecqx federate: error: {error}", file=sys.stderr)
+        if cfg.debug:
+            raise
+        print(f"ecqx federate: error: {_first_line(error)}", file=sys.stderr)
         return 2
+    except FederatedError as error:
+        if cfg.debug:
+            raise
+        print(f"ecqx federate: error: {_first_line(error)}", file=sys.stderr)
+        return 1
+    except Exception as error:
+        if cfg.debug:
+            raise
+        print(f"ecqx federate: error: {type(error).__name__}: {_first_line(error)} (--debug shows the "
+              "traceback)", file=sys.stderr)
+        return 1
     return 0
 
 
-__all__ = ["FederatedConfig", "RoundResult", "UpdateRecord", "accuracy_bytes_figure", "dirichlet_split",
-           "federate", "main", "run_federated", "write_accuracy_bytes_plot"]
+__all__ = ["FederatedConfig", "FederatedError", "RoundResult", "UpdateRecord", "accuracy_bytes_figure",
+           "check_machine", "dirichlet_split", "federate", "main", "run_federated",
+           "write_accuracy_bytes_plot"]

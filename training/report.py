@@ -2,8 +2,9 @@
 
 Run folder: LightningCLI versions every run's logs (``lightning_logs/<recipe>/version_N/``: ``config.yaml``,
 ``metrics.csv``, ``checkpoints/``). :func:`place_outputs_in_run_folder` puts the relative output paths of
-``NNCExport`` (``path``) and ``RateDistortion`` (``out_dir``) inside that folder too, so one run's files sit
-together and a second run never overwrites the first; absolute paths are kept as given.
+``NNCExport`` (``path``), ``NNCUpdates`` (``path``) and ``RateDistortion`` (``out_dir``) inside that folder
+too, so one run's files sit together and a second run never overwrites the first; absolute paths are kept as
+given.
 
 Report: :func:`build_report` collects the headline of a finished fit from the trainer — full-precision and
 decoded accuracy (and what each was measured on), the ``.nnc`` size and its share of the float32 size
@@ -29,7 +30,7 @@ from pytorch_lightning.cli import SaveConfigCallback
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
 from ecqx import coding
-from ecqx.callbacks import NNCExport, RateDistortion
+from ecqx.callbacks import NNCExport, NNCUpdates, RateDistortion
 from ecqx.callbacks._base import find_quantization_callback
 from ecqx.callbacks.nnc_export import no_quantization_reason
 from ecqx.coding.files import write_bytes_atomic
@@ -49,6 +50,7 @@ __all__ = [
 METRICS_FILE = "metrics.json"
 ACCURACY = "acc"  # ClassificationModule logs <stage>_acc
 _SPLITS = {"val": "val split", "test": "test split"}
+_LISTED = 5  # the most files of one kind that the printed report names one by one
 
 
 @dataclass
@@ -101,7 +103,8 @@ def run_folder(trainer: pl.Trainer) -> Path | None:
 
 
 def place_outputs_in_run_folder(trainer: pl.Trainer) -> Path | None:
-    """Move relative ``NNCExport.path`` / ``RateDistortion.out_dir`` into :func:`run_folder`; returns it.
+    """Move relative ``NNCExport.path`` / ``NNCUpdates.path`` / ``RateDistortion.out_dir`` into
+    :func:`run_folder`; returns it.
 
     Absolute paths stay as they are, and so does everything when the run has no such folder.
     """
@@ -111,6 +114,8 @@ def place_outputs_in_run_folder(trainer: pl.Trainer) -> Path | None:
     for callback in trainer.callbacks:
         if isinstance(callback, NNCExport) and not callback.path.is_absolute():
             callback.path = folder / callback.path
+        elif isinstance(callback, NNCUpdates) and not Path(callback.path).is_absolute():
+            callback.path = str(folder / callback.path)  # a folder or a file pattern: kept a string
         elif isinstance(callback, RateDistortion) and not callback.out_dir.is_absolute():
             callback.out_dir = folder / callback.out_dir
     return folder
@@ -200,7 +205,10 @@ def format_report(report: RunReport) -> str:
     lines += ["", "files"]
     kind_width = max((len(kind) for kind in report.files), default=0)
     for kind, paths in report.files.items():
-        lines += [f"  {kind:<{kind_width}}  {_display_path(path)}" for path in paths]
+        shown = [_display_path(path) for path in paths]
+        if len(shown) > _LISTED:  # e.g. one update per epoch: metrics.json has them all
+            shown = [shown[0], f"... {len(shown) - 2} more ...", shown[-1]]
+        lines += [f"  {kind:<{kind_width}}  {path}" for path in shown]
     return "\n".join(lines)
 
 
@@ -276,6 +284,10 @@ def _files_written(trainer: pl.Trainer, export: NNCExport | None) -> dict[str, l
         if isinstance(callback, RateDistortion):
             add("rate-distortion CSV", callback.csv_path)
             add("rate-distortion plot", callback.png_path)
+        elif isinstance(callback, NNCUpdates) and callback.files:
+            add("update stream base", callback.base_path)
+            for path in callback.update_paths:
+                add("update stream", path)
     for callback in trainer.checkpoint_callbacks:
         if isinstance(callback, ModelCheckpoint):
             for path in (callback.best_model_path, *callback.best_k_models, callback.last_model_path):
