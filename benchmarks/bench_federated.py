@@ -69,7 +69,12 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a key of the recipe's federated: section (repeatable)")
     parser.add_argument("--out", default=str(RESULTS / "bench_federated"))
+    parser.add_argument("--replot", action="store_true",
+                        help="only redraw OUT.png from OUT.json (no training)")
     args = parser.parse_args()
+    if args.replot:
+        replot(Path(args.out))
+        return
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "r.json"
@@ -135,13 +140,25 @@ def main() -> None:
     print("\n".join(lines))
 
 
+def replot(out: Path) -> None:
+    """Redraws ``out.png`` from the results in ``out.json`` with ``ecqx federate``'s plot."""
+    from ecqx.training.federated import RoundResult, write_accuracy_bytes_plot
+
+    report = json.loads(out.with_suffix(".json").read_text())
+    runs = {label: [RoundResult(**r) for r in rounds["rounds"]]
+            for label, rounds in (("NNC-coded FedAvg", report), ("float32 FedAvg", report["baseline"]))}
+    config = report["config"]
+    write_accuracy_bytes_plot(out.with_suffix(".png"), runs,
+                              title=f"FedAvg, {config['clients']} clients, Dirichlet α = {config['alpha']}")
+
+
 def _reach_text(report: dict) -> str:
     ours, theirs = report["reach_nnc"], report["reach_float32"]
     def one(label, hit):
         return f"{label} never" if hit is None else f"{label} at round {hit['round']} after {hit['bytes']} B"
     text = one("NNC-coded FedAvg", ours) + "; " + one("float32 FedAvg", theirs)
     if ours and theirs:
-        text += f" — {theirs['bytes'] / ours['bytes']:.1f}× fewer bytes."
+        text += f" — {theirs['bytes'] / ours['bytes']:.1f}× fewer bytes"
     return text + "."
 
 

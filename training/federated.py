@@ -957,6 +957,17 @@ def _summary(config: FederatedConfig, results: Sequence[RoundResult]) -> dict:
     }
 
 
+def _labelled_round(rnd: int, rounds: int) -> bool:
+    """Rounds 1–5, every fifth and the last carry their number in the plot."""
+    return rnd <= 5 or rnd % 5 == 0 or rnd == rounds
+
+
+def _minor_label(value: float, _position) -> str:
+    """Minor ticks of the log axis: only 2 and 5 times a power of ten are labelled, so labels never touch."""
+    mantissa = round(value / 10 ** np.floor(np.log10(value)), 6) if value > 0 else 0
+    return f"{value:g}" if mantissa in (2.0, 5.0) else ""
+
+
 def accuracy_bytes_figure(runs: Mapping[str, Sequence[RoundResult]], title: str = "federated averaging"):
     """A ``matplotlib.figure.Figure``: test accuracy after each round against the cumulative bytes sent
     (up + down, all clients) for every run in ``runs`` (label → per-round results)."""
@@ -976,12 +987,14 @@ def accuracy_bytes_figure(runs: Mapping[str, Sequence[RoundResult]], title: str 
                   label=f"{label}: {sent[-1]:.3g} {unit} in {len(results)} rounds, "
                         f"final accuracy {accuracy[-1]:.2f} %")
         for r, x, y in zip(results, sent, accuracy, strict=True):
+            if not _labelled_round(r.round, len(results)):  # late rounds crowd together on a log axis
+                continue
             axes.annotate(str(r.round), (x, y), textcoords="offset points", xytext=(4, -11),
                           fontsize="x-small", color=f"C{index}")
     axes.set_xscale("log")
     plain = FuncFormatter(lambda value, _: f"{value:g}")
     axes.xaxis.set_major_formatter(plain)
-    axes.xaxis.set_minor_formatter(plain)
+    axes.xaxis.set_minor_formatter(FuncFormatter(_minor_label))
     axes.tick_params(axis="x", which="minor", labelsize="x-small")
     axes.set_xlabel(f"cumulative bytes sent, up + down, all clients [{unit}] (log scale)")
     axes.set_ylabel("test accuracy [%]")
