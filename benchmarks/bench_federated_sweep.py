@@ -39,7 +39,7 @@ OLD_CODING = ["--federated.up_bits", "4", "--federated.up_lam", "0.05", "--feder
 # name -> (recipe overrides, the float32 run it is compared with)
 SETTINGS = {
     "recipe": ([], RECIPE_BASE),
-    "previous coding (4/6-bit, 8-bit biases, P99.9 step, size decay)": (OLD_CODING, RECIPE_BASE),
+    "4-bit up, 6-bit down, 8-bit biases, P99.9 step, size decay": (OLD_CODING, RECIPE_BASE),
     "recipe coding, Adam": (["--model.init_args.optimizer", ADAM], "float32 Adam, 2 epochs"),
     "size decay of Λ (ECQ's layer rule)": (["--federated.size_decay", "true"], RECIPE_BASE),
     "step from P99.9 (not P97)": (["--federated.percentile", "99.9"], RECIPE_BASE),
