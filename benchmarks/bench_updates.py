@@ -64,7 +64,7 @@ from ecqx.updates import qp_limits  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "federated_mnist_lenet5.yaml"
 RESULTS = ROOT / "benchmarks" / "results"
-# coder options of UpdateEncoder that federated.py leaves at their defaults (NNCodec's defaults as well)
+# coder options of UpdateEncoder that training/federated leaves at their defaults (NNCodec's defaults as well)
 CODER_DEFAULTS = dict(param_opt=True, scan_order=0, cabac_unary_length_minus1=10)
 MAX_QP_OFFSET = 64
 VARIANTS = ("ours", "nncodec_same_levels", "nncodec_own", "nncodec_matched")

@@ -23,7 +23,7 @@ import yaml
 
 from ecqx.training import federated as fed
 from ecqx.training.cli import main
-from ecqx.training.federated import dirichlet_split
+from ecqx.training.federated import dirichlet_split, engines
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "federated_mnist_lenet5.yaml"
 
@@ -268,7 +268,7 @@ def test_client_state_dict_round_trip_gives_identical_next_round_bytes(tmp_path)
 def test_simulation_client_error_is_raised_by_the_run(tmp_path, monkeypatch, capsys):
     """An exception inside a simulated client comes back as Flower's error reply: the run stops with it, and
     ``ecqx federate`` reports it in one line."""
-    monkeypatch.setattr(fed, "check_machine", lambda config: None)  # let the clients find out themselves
+    monkeypatch.setattr(engines, "check_machine", lambda config: None)  # let the clients find out themselves
     recipe = _recipe(tmp_path, clients=2, rounds=2, limit_train_batches=2, engine="simulation",
                      accelerator="mps")  # Lightning raises in the client: no MPS on this platform
     assert main(["federate", "--config", recipe]) == 1
@@ -316,7 +316,7 @@ def _not_started(*args, **kwargs):
 
 def test_client_gpus_without_a_gpu_is_refused_before_the_engine_starts(tmp_path, monkeypatch, capsys):
     """Ray's actor pool would be empty: Flower logged the error and the run waited for clients forever."""
-    monkeypatch.setattr(fed, "_run_simulation", _not_started)
+    monkeypatch.setattr(engines, "_run_simulation", _not_started)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     argv = ["federate", "--config", _recipe(tmp_path, engine="simulation"), "--federated.client_gpus", "0.5"]
     assert main(argv) == 2
@@ -331,7 +331,7 @@ def test_client_gpus_without_a_gpu_is_refused_before_the_engine_starts(tmp_path,
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_unavailable_accelerator_is_one_line_naming_the_key(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(fed, "_run_inprocess", _not_started)
+    monkeypatch.setattr(engines, "_run_inprocess", _not_started)
     assert main(["federate", "--config", _recipe(tmp_path), "--federated.accelerator", "cuda"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "federated.accelerator 'cuda'" in err[0] and "not available" in err[0]
@@ -413,7 +413,7 @@ def test_run_errors_are_one_line_and_debug_raises(tmp_path, monkeypatch, capsys)
     def client_failure(*args, **kwargs):
         raise fed.FederatedError("federated round 1: 1 of 3 clients failed; the first error: boom\n(report)")
 
-    monkeypatch.setattr(fed, "_run_inprocess", client_failure)
+    monkeypatch.setattr(engines, "_run_inprocess", client_failure)
     assert main(["federate", "--config", _recipe(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert err == "ecqx federate: error: federated round 1: 1 of 3 clients failed; the first error: boom\n"
