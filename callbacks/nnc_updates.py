@@ -182,7 +182,8 @@ class NNCUpdates(Callback):
         coding.load_native()  # a missing compiler fails here, before training
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # after a checkpoint's state was restored (it comes after setup): only a new sequence is checked
+        # Lightning restores checkpoint state between setup and fit start, so only here can a resumed
+        # sequence (which must continue in its folder) be told from a new one (which must find it empty)
         if trainer.is_global_zero and self._restored is None and self._quantizer is None:
             self._check_no_other_stream()
 

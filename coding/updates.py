@@ -152,6 +152,14 @@ def _add_history(node: _Node, levels: torch.Tensor) -> None:
     node.history[levels != 0] = 1
 
 
+def _check_state_kind(state: object, kind: str, owner: str) -> None:
+    """ValueError unless ``state`` is a mapping of ``kind`` at this module's STATE_VERSION."""
+    if not isinstance(state, Mapping) or state.get("kind") != kind:
+        raise ValueError(f"not an {owner} state_dict (missing kind {kind!r})")
+    if state.get("version") != STATE_VERSION:
+        raise ValueError(f"{owner} state_dict version {state.get('version')!r} is not {STATE_VERSION}")
+
+
 # ------------------------------------------------------------------------------------------------ encoder
 class UpdateEncoder:
     """Encodes a sequence of difference updates of named tensors, one NNC bitstream per update.
@@ -269,12 +277,7 @@ class UpdateEncoder:
 
     def load_state_dict(self, state: Mapping) -> None:
         """Restores a state_dict of an encoder with the same options (else ValueError naming the option)."""
-        if not isinstance(state, Mapping) or state.get("kind") != "ecqx-update-encoder":
-            raise ValueError("not an UpdateEncoder state_dict (missing kind 'ecqx-update-encoder')")
-        if state.get("version") != STATE_VERSION:
-            raise ValueError(
-                f"UpdateEncoder state_dict version {state.get('version')!r} is not {STATE_VERSION}"
-            )
+        _check_state_kind(state, "ecqx-update-encoder", "UpdateEncoder")
         options = dict(state.get("options", {}))
         options.setdefault("codebook_mode", 0)  # states written before codebook_mode existed
         for key, value in self._options().items():
@@ -686,12 +689,7 @@ class UpdateDecoder:
         }
 
     def load_state_dict(self, state: Mapping) -> None:
-        if not isinstance(state, Mapping) or state.get("kind") != "ecqx-update-decoder":
-            raise ValueError("not an UpdateDecoder state_dict (missing kind 'ecqx-update-decoder')")
-        if state.get("version") != STATE_VERSION:
-            raise ValueError(
-                f"UpdateDecoder state_dict version {state.get('version')!r} is not {STATE_VERSION}"
-            )
+        _check_state_kind(state, "ecqx-update-decoder", "UpdateDecoder")
         device = state.get("device_id")
         if device is not None:
             device = _check_int("UpdateDecoder state_dict device_id", device, 0, 2**31)

@@ -74,21 +74,33 @@ py::tuple encode_payload(const torch::Tensor& levels, int64_t rows, int64_t widt
   return encode_without_gil(levels.data_ptr<int32_t>(), p, opt);
 }
 
+// The buffer of a bytes object, valid while the object lives; the decoders read it without the GIL.
+struct ByteView {
+  const uint8_t* data;
+  size_t size;
+};
+
+ByteView byte_view(const py::bytes& data) {
+  char* buffer = nullptr;
+  Py_ssize_t size = 0;
+  if (PyBytes_AsStringAndSize(data.ptr(), &buffer, &size) != 0) throw py::error_already_set();
+  return {reinterpret_cast<const uint8_t*>(buffer), static_cast<size_t>(size)};
+}
+
+// One tensor payload (plain or difference update: they differ only in `p`), decoded with the GIL released.
+nnc::DecodedPayload decode_without_gil(const py::bytes& data, const nnc::LayerParams& p, int32_t* dst) {
+  const ByteView in = byte_view(data);
+  py::gil_scoped_release release;
+  return nnc::decode_payload(in.data, in.size, p, dst);
+}
+
 py::tuple decode_payload(const py::bytes& data, torch::Tensor out, int64_t rows, int64_t width, int scan_order,
                          bool dq, int num_gtx, int profile, int cb_size, int cb_zero, bool has_qp, int qp_bits) {
   const int64_t count = checked_count(rows, width);
   require_tensor(out, torch::kInt32, count, "out");
   const nnc::LayerParams p = make_params(rows, width, scan_order, dq, num_gtx, profile, cb_size, cb_zero, has_qp,
                                          qp_bits);
-  char* buffer = nullptr;
-  Py_ssize_t size = 0;
-  if (PyBytes_AsStringAndSize(data.ptr(), &buffer, &size) != 0) throw py::error_already_set();
-  int32_t* dst = out.data_ptr<int32_t>();
-  nnc::DecodedPayload result;
-  {
-    py::gil_scoped_release release;
-    result = nnc::decode_payload(reinterpret_cast<const uint8_t*>(buffer), static_cast<size_t>(size), p, dst);
-  }
+  const nnc::DecodedPayload result = decode_without_gil(data, p, out.data_ptr<int32_t>());
   return py::make_tuple(result.qp_delta, result.consumed, entry_point_list(result.entry_points));
 }
 
@@ -143,15 +155,7 @@ py::tuple decode_update_payload(const py::bytes& data, torch::Tensor out, int64_
   p.parent_present = parent_present;
   p.base = in.base;
   p.history = in.history;
-  char* buffer = nullptr;
-  Py_ssize_t size = 0;
-  if (PyBytes_AsStringAndSize(data.ptr(), &buffer, &size) != 0) throw py::error_already_set();
-  int32_t* dst = out.data_ptr<int32_t>();
-  nnc::DecodedPayload result;
-  {
-    py::gil_scoped_release release;
-    result = nnc::decode_payload(reinterpret_cast<const uint8_t*>(buffer), static_cast<size_t>(size), p, dst);
-  }
+  const nnc::DecodedPayload result = decode_without_gil(data, p, out.data_ptr<int32_t>());
   return py::make_tuple(result.qp_delta, result.consumed, entry_point_list(result.entry_points), result.hdsp);
 }
 
@@ -224,14 +228,11 @@ py::tuple decode_block(const py::bytes& data, const std::vector<torch::Tensor>& 
                                        qp_bits, parent_present, bases, histories, "out");
   std::vector<int32_t*> dst;
   for (const torch::Tensor& t : outs) dst.push_back(t.data_ptr<int32_t>());
-  char* buffer = nullptr;
-  Py_ssize_t size = 0;
-  if (PyBytes_AsStringAndSize(data.ptr(), &buffer, &size) != 0) throw py::error_already_set();
+  const ByteView in = byte_view(data);
   nnc::DecodedBlock result;
   {
     py::gil_scoped_release release;
-    result = nnc::decode_block_payload(reinterpret_cast<const uint8_t*>(buffer), static_cast<size_t>(size),
-                                       lists.params, dst);
+    result = nnc::decode_block_payload(in.data, in.size, lists.params, dst);
   }
   py::list hdsp;
   for (bool flag : result.hdsp) hdsp.append(flag);
@@ -270,13 +271,9 @@ py::bytes encode_bin_script(const std::vector<int>& kinds, const std::vector<int
 }
 
 py::tuple decode_bin_script(const py::bytes& data, const std::vector<int>& kinds, const std::vector<int>& args) {
-  char* buffer = nullptr;
-  Py_ssize_t size = 0;
-  if (PyBytes_AsStringAndSize(data.ptr(), &buffer, &size) != 0) throw py::error_already_set();
+  const ByteView in = byte_view(data);
   size_t consumed = 0;
-  std::vector<uint32_t> values =
-      nnc::decode_bin_script(reinterpret_cast<const uint8_t*>(buffer), static_cast<size_t>(size), kinds, args,
-                             &consumed);
+  std::vector<uint32_t> values = nnc::decode_bin_script(in.data, in.size, kinds, args, &consumed);
   return py::make_tuple(values, consumed);
 }
 
